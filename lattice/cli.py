@@ -1,0 +1,274 @@
+"""
+The C{lattice} command: operator tools beside the daemon.
+
+Each command reads the same configuration as the daemon (C{--config},
+default C{etc/lattice.ini}, or C{$LATTICE_CONFIG}).  Errors are printed as
+one clear line each, never as a traceback, and give exit status 1 (2 for
+usage errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from lattice.config import ConfigError, LatticeConfig, load_config
+from lattice.identity import (
+    IdentityError,
+    NodeIdentity,
+    create_identity_file,
+    load_identity,
+    load_or_create_identity,
+)
+
+__all__ = ["main"]
+
+DEFAULT_CONFIG = "etc/lattice.ini"
+
+
+class CommandError(Exception):
+    """
+    A command failed; the message is shown to the operator as is.
+    """
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    return Path(args.config or os.environ.get("LATTICE_CONFIG") or DEFAULT_CONFIG)
+
+
+def _load(args: argparse.Namespace) -> LatticeConfig:
+    try:
+        return load_config(_config_path(args))
+    except ConfigError as e:
+        raise CommandError("\n".join(e.errors)) from None
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    path = _config_path(args)
+    try:
+        load_config(path)
+    except ConfigError as e:
+        for line in e.errors:
+            print(line, file=sys.stderr)
+        print(f"{path}: {len(e.errors)} error(s)", file=sys.stderr)
+        return 1
+    print(f"{path}: ok")
+    return 0
+
+
+def _print_identity(identity: NodeIdentity) -> None:
+    print(f"node_id: {identity.node_id}")
+    print(f"fingerprint: {identity.fingerprint}")
+    print(f"key_id: {identity.key_id}")
+    print(f"source: {identity.source}")
+
+
+def _identity_show(args: argparse.Namespace) -> int:
+    try:
+        if args.key:
+            identity = load_identity(Path(args.key))
+        else:
+            config = _load(args)
+            path = config.node.identity_key_path
+            credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+            if not (credentials and (Path(credentials) / "private_key").exists()) and not (
+                path.exists()
+            ):
+                raise CommandError(
+                    f"{path}: no identity key yet; it is created when the node first "
+                    f"starts, or by: lattice identity init --key {path}"
+                )
+            identity, _ = load_or_create_identity(path)
+    except IdentityError as e:
+        raise CommandError(str(e)) from None
+    _print_identity(identity)
+    return 0
+
+
+def _identity_init(args: argparse.Namespace) -> int:
+    path = Path(args.key) if args.key else _load(args).node.identity_key_path
+    try:
+        if path.exists():
+            identity = load_identity(path)
+            print(f"{path}: exists, kept", file=sys.stderr)
+        else:
+            identity = create_identity_file(path)
+            print(f"{path}: created", file=sys.stderr)
+    except IdentityError as e:
+        raise CommandError(str(e)) from None
+    _print_identity(identity)
+    return 0
+
+
+def telemetry_request(config: LatticeConfig, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """
+    GET C{path} from the node's telemetry listener; returns status and body.
+    """
+    if not config.telemetry.enabled:
+        raise CommandError("[telemetry] enabled = false: the node has no status endpoint")
+    connection = _connect(config.telemetry.listen, timeout)
+    try:
+        connection.request("GET", path, headers={"Accept": "application/json"})
+        response = connection.getresponse()
+        return response.status, response.read()
+    except (OSError, http.client.HTTPException) as e:
+        raise CommandError(
+            f"cannot reach the node at [telemetry] listen = {config.telemetry.listen}: {e}"
+        ) from None
+    finally:
+        connection.close()
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+def _connect(
+    description: str, timeout: float, setting: str = "[telemetry] listen"
+) -> http.client.HTTPConnection:
+    kind, _, rest = description.partition(":")
+    parts = rest.split(":")
+    options = dict(part.split("=", 1) for part in parts[1:] if "=" in part)
+    if kind in ("tcp", "tcp6"):
+        host = options.get("interface", "127.0.0.1")
+        if host in ("", "0.0.0.0"):  # noqa: S104 - a wildcard bind is reached on loopback
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        return http.client.HTTPConnection(host, int(parts[0]), timeout=timeout)
+    if kind == "unix":
+        address = parts[0].removeprefix("address=")
+        return _UnixHTTPConnection(address, timeout)
+    raise CommandError(
+        f"{setting} = {description}: cannot connect to a {kind!r} endpoint from the CLI"
+    )
+
+
+def admin_request(
+    config: LatticeConfig,
+    method: str,
+    path: str,
+    body: object = None,
+    timeout: float = 10.0,
+) -> tuple[int, object]:
+    """
+    Call the running node's admin surface (C{[node] admin_listen}) with an
+    optional JSON body; returns the HTTP status and the decoded JSON answer.
+    """
+    description = config.node.admin_endpoint
+    connection = _connect(description, timeout, "[node] admin_listen")
+    headers = {"Accept": "application/json"}
+    payload = None
+    if body is not None:
+        payload = json.dumps(body).encode("utf-8")
+        headers["Content-Type"] = "application/json"
+    try:
+        connection.request(method, path, body=payload, headers=headers)
+        response = connection.getresponse()
+        status, data = response.status, response.read()
+    except (OSError, http.client.HTTPException) as e:
+        raise CommandError(
+            f"cannot reach the node's admin surface at {description}: {e} "
+            "(is the node running, and may this user open its socket?)"
+        ) from None
+    finally:
+        connection.close()
+    try:
+        return status, json.loads(data) if data else None
+    except ValueError:
+        raise CommandError(f"unexpected answer from {path} (HTTP {status})") from None
+
+
+def _status(args: argparse.Namespace) -> int:
+    config = _load(args)
+    status, body = telemetry_request(config, "/readyz")
+    try:
+        report = json.loads(body)
+        subsystems = report["subsystems"]
+    except (ValueError, KeyError, TypeError):
+        raise CommandError(f"unexpected answer from /readyz (HTTP {status})") from None
+    ready = status == 200 and report.get("ready") is True
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        print(f"node {report.get('node_id') or '?'}: {'ready' if ready else 'NOT READY'}")
+        for name, state in subsystems.items():
+            mark = "ok " if state.get("ready") else "-- "
+            print(f"  {mark}{name:<10} {state.get('detail', '')}")
+    return 0 if ready else 1
+
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """
+    The argument parser of every C{lattice} subcommand.
+    """
+    parser = argparse.ArgumentParser(prog="lattice", description=__doc__.split("\n\n")[0].strip())
+    parser.add_argument(
+        "--config",
+        "-c",
+        help=f"INI configuration file (default: $LATTICE_CONFIG or {DEFAULT_CONFIG})",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    config = commands.add_parser("config", help="configuration tools")
+    config_commands = config.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    check = config_commands.add_parser("check", help="validate the configuration file")
+    check.add_argument("--config", "-c", default=argparse.SUPPRESS, help="INI file to check")
+    check.set_defaults(handler=_config_check)
+
+    identity = commands.add_parser("identity", help="the node's Ed25519 identity")
+    identity_commands = identity.add_subparsers(
+        dest="subcommand", metavar="SUBCOMMAND", required=True
+    )
+    show = identity_commands.add_parser("show", help="print the node id and fingerprint")
+    show.add_argument("--key", help="read this key file instead of the configured one")
+    show.add_argument("--config", "-c", default=argparse.SUPPRESS, help="INI file")
+    show.set_defaults(handler=_identity_show)
+    init = identity_commands.add_parser(
+        "init", help="create the identity key (0600) if it does not exist, and print it"
+    )
+    init.add_argument("--key", help="create this key file instead of the configured one")
+    init.add_argument("--config", "-c", default=argparse.SUPPRESS, help="INI file")
+    init.set_defaults(handler=_identity_init)
+
+    status = commands.add_parser("status", help="show readiness; exit 1 when not ready")
+    status.add_argument("--json", action="store_true", help="print the raw /readyz document")
+    status.add_argument("--config", "-c", default=argparse.SUPPRESS, help="INI file")
+    status.set_defaults(handler=_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """
+    Run one C{lattice} command; returns the exit status.
+    """
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except CommandError as e:
+        print(f"lattice: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""
+Tests for L{lattice.identity}.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
+from twisted.trial.unittest import SynchronousTestCase
+
+from lattice.identity import (
+    IdentityError,
+    NodeIdentity,
+    PublicIdentity,
+    create_identity_file,
+    load_identity,
+    load_or_create_identity,
+    node_id_of,
+)
+
+
+class DerivationTests(SynchronousTestCase):
+    """
+    The node id and fingerprint are derived from the raw public key.
+    """
+
+    def test_vector(self) -> None:
+        """
+        A fixed key gives a fixed node id, fingerprint and key id.
+        """
+        public = bytes(range(32))
+        digest = hashlib.sha256(public).digest()
+        self.assertEqual(
+            node_id_of(public), base64.b32encode(digest[:16]).decode().rstrip("=").lower()
+        )
+        identity = PublicIdentity(public)
+        self.assertEqual(identity.node_id, "mmg42klgyqzwneiskrelxms3j4")
+        self.assertEqual(identity.fingerprint, digest.hex())
+        self.assertEqual(identity.key_id, "ed25519:" + digest.hex()[:16])
+
+    def test_sign_verify(self) -> None:
+        """
+        A signature verifies with the public key and fails for other data.
+        """
+        identity = NodeIdentity.generate()
+        signature = identity.sign(b"hello")
+        self.assertTrue(identity.public.verify(signature, b"hello"))
+        self.assertFalse(identity.public.verify(signature, b"hellO"))
+        self.assertFalse(identity.public.verify(b"short", b"hello"))
+
+
+class FileTests(SynchronousTestCase):
+    """
+    The key file is created safely and refused when unsafe or invalid.
+    """
+
+    def setUp(self) -> None:
+        self.directory = Path(self.mktemp())
+        self.path = self.directory / "private_key.pem"
+
+    def test_created_0600_whatever_the_umask(self) -> None:
+        """
+        The key is created with mode 0600 even under a permissive umask.
+        """
+        previous = os.umask(0)
+        try:
+            identity = create_identity_file(self.path)
+        finally:
+            os.umask(previous)
+        self.assertEqual(stat.S_IMODE(self.path.stat().st_mode), 0o600)
+        self.assertEqual(stat.S_IMODE(self.directory.stat().st_mode), 0o700)
+        self.assertEqual(load_identity(self.path).node_id, identity.node_id)
+        self.assertEqual(os.listdir(self.directory), ["private_key.pem"])
+
+    def test_never_overwrites(self) -> None:
+        """
+        Creating a key where one exists fails and keeps the existing key.
+        """
+        first = create_identity_file(self.path)
+        with self.assertRaises(IdentityError) as raised:
+            create_identity_file(self.path)
+        self.assertIn("already exists", str(raised.exception))
+        self.assertEqual(load_identity(self.path).node_id, first.node_id)
+
+    def test_group_readable_refused(self) -> None:
+        """
+        A key readable by group or others stops loading with the fix in the message.
+        """
+        create_identity_file(self.path)
+        self.path.chmod(0o640)
+        with self.assertRaises(IdentityError) as raised:
+            load_identity(self.path)
+        self.assertIn("accessible by group or others (mode 0640)", str(raised.exception))
+        self.assertIn("chmod 600", str(raised.exception))
+
+    def test_garbage_refused(self) -> None:
+        """
+        A file that is not a PEM key gives a clear error naming the file.
+        """
+        self.directory.mkdir()
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, b"not a key\n")
+        os.close(fd)
+        with self.assertRaises(IdentityError) as raised:
+            load_identity(self.path)
+        self.assertIn(str(self.path), str(raised.exception))
+        self.assertIn("not an unencrypted PEM private key", str(raised.exception))
+
+    def test_other_algorithm_refused(self) -> None:
+        """
+        A valid PEM key of another algorithm is refused.
+        """
+        self.directory.mkdir()
+        pem = generate_private_key(SECP256R1()).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, pem)
+        os.close(fd)
+        with self.assertRaises(IdentityError) as raised:
+            load_identity(self.path)
+        self.assertIn("not an Ed25519 key", str(raised.exception))
+
+    def test_load_or_create(self) -> None:
+        """
+        The first call creates the key, the second loads the same one.
+        """
+        first, created = load_or_create_identity(self.path, environ={})
+        self.assertTrue(created)
+        second, created = load_or_create_identity(self.path, environ={})
+        self.assertFalse(created)
+        self.assertEqual(first.node_id, second.node_id)
+
+    def test_credential_wins(self) -> None:
+        """
+        $CREDENTIALS_DIRECTORY/private_key is used instead of the key file.
+        """
+        credentials = Path(self.mktemp())
+        credentials.mkdir()
+        expected = NodeIdentity.generate()
+        (credentials / "private_key").write_bytes(expected.private_pem())
+        identity, created = load_or_create_identity(
+            self.path, environ={"CREDENTIALS_DIRECTORY": str(credentials)}
+        )
+        self.assertFalse(created)
+        self.assertEqual(identity.node_id, expected.node_id)
+        self.assertFalse(self.path.exists())
+
+    def test_bad_credential(self) -> None:
+        """
+        A credential that does not parse is an error naming the credential.
+        """
+        credentials = Path(self.mktemp())
+        credentials.mkdir()
+        (credentials / "private_key").write_bytes(b"junk")
+        with self.assertRaises(IdentityError) as raised:
+            load_or_create_identity(self.path, environ={"CREDENTIALS_DIRECTORY": str(credentials)})
+        self.assertIn("credential private_key", str(raised.exception))
