@@ -63,8 +63,13 @@ class ListenerService(Service):
         super().startService()
         try:
             endpoint = serverFromString(self._reactor, self._description)
-        except (ValueError, KeyError, TypeError) as e:
-            self._fail(f"{self._setting} = {self._description}: invalid endpoint: {e}")
+        except Exception as e:
+            # Endpoint parsers raise what they like (ValueError, KeyError,
+            # IndexError for a systemd index that was not passed...).
+            reason = str(e) or type(e).__name__
+            if self._description.startswith("systemd:"):
+                reason += " (no such socket passed by systemd: check the .socket unit)"
+            self._fail(f"{self._setting} = {self._description}: cannot use endpoint: {reason}")
             return
         self._listening = endpoint.listen(self._factory)
         self._listening.addCallbacks(self._bound, self._not_bound)

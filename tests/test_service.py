@@ -156,6 +156,23 @@ class StartupTests(SynchronousTestCase):
         self.assertIn("[telemetry] listen = tcp:9090:interface=127.0.0.1: cannot listen", status)
         self.assertIn("Address already in use", status)
 
+    def test_missing_systemd_socket(self) -> None:
+        """
+        A systemd: endpoint without a passed socket fails start-up with a hint.
+        """
+        config = _config(self, "[telemetry]\nlisten = systemd:domain=INET:index=7\n")
+        reactor = MemoryReactorClock()
+        reactor.running = True
+        notifier = RecordingNotifier()
+        root = make_lattice_service(config, reactor, environ={}, notifier=notifier)
+        root.startService()
+        self.assertEqual(root.exit_code, 1)
+        [status] = [line for line in notifier.sent if line.startswith("STATUS=Failed")]
+        self.assertIn(
+            "[telemetry] listen = systemd:domain=INET:index=7: cannot use endpoint", status
+        )
+        self.assertIn("no such socket passed by systemd", status)
+
 
 class ShutdownTests(SynchronousTestCase):
     """

@@ -135,20 +135,28 @@ class Daemon:
     One twistd process under test.
     """
 
-    def __init__(self, directory: Path, config: Path, **environ: str):
+    def __init__(
+        self,
+        directory: Path,
+        config: Path,
+        argv: list[str] | None = None,
+        child_fds: dict[int, Any] | None = None,
+        **environ: str,
+    ):
         self.directory = directory
         self.config = config
         self.receiver = NotifyReceiver()
         self.notify_path = str(directory / "notify.sock")
         self._port = reactor.listenUNIXDatagram(self.notify_path, self.receiver)
         self.protocol = DaemonProtocol()
-        argv = [twistd(), "-n", "--pidfile=", "lattice", "--config", str(config)]
+        argv = (argv or [twistd()]) + ["-n", "--pidfile=", "lattice", "--config", str(config)]
         self.process = reactor.spawnProcess(
             self.protocol,
             argv[0],
             argv,
             env=child_environment(NOTIFY_SOCKET=self.notify_path, **environ),
             path=str(directory),
+            childFDs=child_fds,
         )
 
     async def ready(self) -> str:

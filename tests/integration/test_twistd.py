@@ -209,3 +209,54 @@ class WatchdogTests(TestCase):
         No WATCHDOG=1 is sent while the reactor thread is blocked.
         """
         return Deferred.fromCoroutine(self._blocked())
+
+
+class SocketActivationTests(TestCase):
+    """
+    Listeners accept systemd: endpoints, as under socket activation.
+    """
+
+    timeout = 60
+
+    async def _activated(self) -> None:
+        import socket
+
+        directory = short_directory(self)
+        listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(listening.close)
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(16)
+        port = listening.getsockname()[1]
+        config = _write_config(directory)
+        config.write_text(
+            config.read_text().replace(
+                "tcp:0:interface=127.0.0.1", "systemd:domain=INET:name=telemetry"
+            )
+        )
+        # What systemd does: the socket as fd 3, LISTEN_FDS=1, its name in
+        # LISTEN_FDNAMES (systemd 227 and later), and LISTEN_PID
+        # set to the daemon's own pid (kept across exec by this shim).
+        shim = (
+            "import os, sys; os.environ['LISTEN_PID'] = str(os.getpid()); "
+            "os.execv(sys.argv[1], sys.argv[1:])"
+        )
+        daemon = Daemon(
+            directory,
+            config,
+            argv=[sys.executable, "-c", shim, twistd()],
+            child_fds={0: "w", 1: "r", 2: "r", 3: listening.fileno()},
+            LISTEN_FDS="1",
+            LISTEN_FDNAMES="telemetry",
+        )
+        self.addCleanup(daemon.cleanup)
+        await daemon.ready()
+        response = await treq.get(f"http://127.0.0.1:{port}/healthz", persistent=False)
+        self.assertEqual(response.code, 200)
+        await response.content()
+        self.assertEqual(await daemon.stop(), 0)
+
+    def test_systemd_endpoint(self) -> None:
+        """
+        The telemetry listener serves on a socket inherited from systemd.
+        """
+        return Deferred.fromCoroutine(self._activated())
