@@ -255,7 +255,7 @@ class SocketActivationTests(TestCase):
         await response.content()
         self.assertEqual(await daemon.stop(), 0)
 
-    def test_systemd_endpoint(self) -> None:
+    def test_systemd_endpoint(self) -> Deferred[None]:
         """
         The telemetry listener serves on a socket inherited from systemd.
         """
