@@ -46,6 +46,7 @@ class NodeService(MultiService):
         self._fail = fail
         self._environ = os.environ if environ is None else environ
         self._identity: NodeIdentity | None = None
+        self._announced = False
         self._component = readiness.register("node")
         self.admin_listener = ListenerService(
             reactor,
@@ -109,6 +110,7 @@ class NodeService(MultiService):
         self._component.set_ready(f"node id {identity.node_id}")
         self._notifier.status("Starting: waiting for " + self._waiting_for())
         self._readiness.when_ready().addCallback(lambda _: self._announce_ready())
+        self._readiness.observe(self._state_changed)
 
     def _waiting_for(self) -> str:
         waiting = [name for name, state in self._readiness.snapshot().items() if not state.ready]
@@ -128,6 +130,17 @@ class NodeService(MultiService):
     def _announce_ready(self) -> None:
         if not self.running:
             return
+        self._announced = True
         line = self.status_line()
         self._log.info("{status}", status=line)
         self._notifier.ready(line)
+
+    def _state_changed(self) -> None:
+        # After READY=1, keep `systemctl status` current: subsystems update
+        # their detail (devices attached, peers known...) through readiness.
+        if self.running and self._announced:
+            if self._readiness.ready:
+                self._notifier.status(self.status_line())
+            else:
+                waiting = self._waiting_for()
+                self._notifier.status(f"Degraded: {waiting} not ready; " + self.status_line())

@@ -8,6 +8,7 @@ is ready when every registered component is.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, succeed
@@ -55,6 +56,13 @@ class Readiness:
     def __init__(self) -> None:
         self._states: dict[str, ComponentState] = {}
         self._waiters: list[Deferred[None]] = []
+        self._observers: list[Callable[[], None]] = []
+
+    def observe(self, observer: Callable[[], None]) -> None:
+        """
+        Call C{observer} after every change of any component's state.
+        """
+        self._observers.append(observer)
 
     def register(self, name: str) -> Component:
         """
@@ -89,7 +97,11 @@ class Readiness:
         return waiter
 
     def _update(self, name: str, state: ComponentState) -> None:
+        if self._states.get(name) == state:
+            return
         self._states[name] = state
+        for observer in list(self._observers):
+            observer()
         if self.ready:
             waiters, self._waiters = self._waiters, []
             for waiter in waiters:

@@ -38,6 +38,7 @@ class Notifier:
         elif address.startswith("/"):
             self._address = address
         self._socket: socket.socket | None = None
+        self._stopping = False
 
     @property
     def enabled(self) -> bool:
@@ -71,9 +72,12 @@ class Notifier:
 
     def status(self, status: str) -> None:
         """
-        Set the one-line status shown by C{systemctl status}.
+        Set the one-line status shown by C{systemctl status}.  Ignored once
+        shutdown began, so that subsystems closing down do not overwrite
+        "Shutting down".
         """
-        self.notify(f"STATUS={status}")
+        if not self._stopping:
+            self.notify(f"STATUS={status}")
 
     def reloading(self) -> None:
         """
@@ -91,6 +95,7 @@ class Notifier:
         """
         Tell the manager a clean shutdown began.
         """
+        self._stopping = True
         self.notify("STOPPING=1", "STATUS=Shutting down")
 
     def watchdog(self) -> None:

@@ -104,6 +104,28 @@ class StartupTests(SynchronousTestCase):
         self.assertTrue(root.readiness.ready)
         self.assertEqual(len(reactor.unixServers), 1)
 
+    def test_status_follows_details(self) -> None:
+        """
+        After READY=1, a subsystem's new detail is sent as a STATUS= line.
+        """
+        config = _config(self)
+        notifier = RecordingNotifier()
+        root = make_lattice_service(config, MemoryReactorClock(), environ={}, notifier=notifier)
+        extra = root.readiness.register("usb")
+        root.startService()
+        self.assertNotIn("READY=1", notifier.sent)
+        extra.set_ready("2 devices exported")
+        self.assertIn("READY=1", notifier.sent)
+        notifier.sent.clear()
+        extra.set_ready("2 devices exported, 1 client")
+        [status] = notifier.sent
+        self.assertTrue(status.startswith("STATUS=Ready ("), status)
+        self.assertIn("usb: 2 devices exported, 1 client", status)
+        notifier.sent.clear()
+        extra.set_not_ready("backend lost")
+        [status] = notifier.sent
+        self.assertTrue(status.startswith("STATUS=Degraded: usb not ready"), status)
+
     def test_not_ready_before_bind(self) -> None:
         """
         Nothing is announced while a listener is still binding.
@@ -190,7 +212,7 @@ class ShutdownTests(SynchronousTestCase):
         root.startService()
         notifier.sent.clear()
         self.successResultOf(root.stopService())
-        self.assertEqual(notifier.sent[0], "STOPPING=1")
+        self.assertEqual(notifier.sent, ["STOPPING=1", "STATUS=Shutting down"])
         self.assertFalse(root.readiness.ready)
 
 
