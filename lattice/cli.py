@@ -26,6 +26,7 @@ from lattice.identity import (
     load_identity,
     load_or_create_identity,
 )
+from lattice.usb._cli import add_usb_commands
 
 __all__ = ["main"]
 
@@ -219,7 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     """
     The argument parser of every C{lattice} subcommand.
     """
-    parser = argparse.ArgumentParser(prog="lattice", description=__doc__.split("\n\n")[0].strip())
+    parser = argparse.ArgumentParser(
+        prog="lattice", description="Operator tools for a Lattice node."
+    )
     parser.add_argument(
         "--config",
         "-c",
@@ -252,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the raw /readyz document")
     status.add_argument("--config", "-c", default=argparse.SUPPRESS, help="INI file")
     status.set_defaults(handler=_status)
+
+    add_usb_commands(commands, _load, admin_request, CommandError)
     return parser
 
 
