@@ -1,0 +1,549 @@
+"""
+Self-signed records and the table of known peers (no Twisted here).
+
+A peer record is signed by its server's current key and carries a monotonic
+C{seq}: a record only replaces one with a lower C{seq}, so stale replays lose.
+A server's uuid is the node id of its first key; a key rotation, signed by the
+old key, moves the uuid to a new key and keeps the old one verifiable for a
+grace period; a revocation (signed by the revoked key or the server's current
+key) makes a key unusable for good.
+
+A record for a server nobody has vouched for enters the table as I{pending}:
+its signature verified, it is not forwarded or used until the server proved
+it answers at its announced endpoint with the same key (L{PeerTable.accept_pending}).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from lattice.discovery._canonical import (
+    Signer,
+    b64decode,
+    b64encode,
+    sign_object,
+    signature_of,
+    signing_bytes,
+)
+from lattice.identity import PublicIdentity, node_id_of
+
+__all__ = [
+    "KEY_GRACE_MS",
+    "PeerTable",
+    "RecordError",
+    "Verifier",
+    "check_peer_record",
+    "key_id_of",
+    "make_peer_record",
+    "make_revocation",
+    "make_rotation",
+    "public_key_of",
+    "verify_signature",
+]
+
+KEY_GRACE_MS = 7 * 24 * 3600 * 1000
+MAX_ENDPOINTS = 4
+MAX_URL = 512
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
+_UUID = re.compile(r"^[a-z2-7]{26}$")
+
+Verifier = Callable[[bytes, bytes, bytes], bool]
+"""C{verify(public_key, signature, data)}: whether the signature is valid."""
+
+
+@functools.lru_cache(maxsize=4096)
+def _loaded_key(public_key: bytes) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(public_key)
+
+
+def verify_signature(public_key: bytes, signature: bytes, data: bytes) -> bool:
+    """
+    Ed25519 verification of C{signature} over C{data} (parsed keys are cached).
+    """
+    try:
+        _loaded_key(public_key).verify(signature, data)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+class RecordError(ValueError):
+    """
+    A record, rotation or revocation is malformed or not validly signed.
+    """
+
+
+def key_id_of(public_key: bytes) -> str:
+    """
+    The key id of a raw public key.
+    """
+    return PublicIdentity(public_key).key_id
+
+
+def public_key_of(record: Mapping[str, Any]) -> bytes:
+    """
+    The raw public key a record announces.
+    """
+    try:
+        key = b64decode(record["public_key"])
+    except (KeyError, ValueError, TypeError):
+        raise RecordError("malformed public_key") from None
+    if len(key) != 32:
+        raise RecordError("public_key is not 32 bytes")
+    return key
+
+
+def valid_name(name: object) -> bool:
+    """
+    Whether C{name} is a server name (a DNS-like label sequence).
+    """
+    return isinstance(name, str) and _NAME.match(name) is not None
+
+
+def valid_uuid(value: object) -> bool:
+    """
+    Whether C{value} has the form of a server uuid (a node id).
+    """
+    return isinstance(value, str) and _UUID.match(value) is not None
+
+
+def _valid_endpoint(url: object) -> bool:
+    if not isinstance(url, str) or len(url) > MAX_URL:
+        return False
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return False
+    del port
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and "@" not in parts.netloc
+        and not parts.query
+        and not parts.fragment
+    )
+
+
+def make_peer_record(
+    signer: Signer,
+    public_key: bytes,
+    server_uuid: str,
+    server_id: str,
+    endpoints: Iterable[str],
+    seq: int,
+    issued_at: int,
+    accepting_messages: bool = True,
+    version: str = "lattice/0.1",
+) -> dict[str, Any]:
+    """
+    A self-signed peer record.
+    """
+    return sign_object(
+        signer,
+        {
+            "kind": "peer",
+            "server_uuid": server_uuid,
+            "server_id": server_id,
+            "public_key": b64encode(public_key),
+            "key_id": key_id_of(public_key),
+            "endpoints": list(endpoints),
+            "seq": seq,
+            "issued_at": issued_at,
+            "accepting_messages": accepting_messages,
+            "version": version,
+        },
+    )
+
+
+def check_peer_record(record: object) -> dict[str, Any]:
+    """
+    Check the shape of a peer record (not its signature).
+
+    @raise RecordError: it is malformed.
+    """
+    if not isinstance(record, dict) or record.get("kind") != "peer":
+        raise RecordError("not a peer record")
+    if not valid_uuid(record.get("server_uuid")):
+        raise RecordError("malformed server_uuid")
+    if not valid_name(record.get("server_id")):
+        raise RecordError("malformed server_id")
+    endpoints = record.get("endpoints")
+    if (
+        not isinstance(endpoints, list)
+        or not 1 <= len(endpoints) <= MAX_ENDPOINTS
+        or not all(_valid_endpoint(url) for url in endpoints)
+    ):
+        raise RecordError("malformed endpoints")
+    for name in ("seq", "issued_at"):
+        value = record.get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise RecordError(f"malformed {name}")
+    if not isinstance(record.get("accepting_messages"), bool):
+        raise RecordError("malformed accepting_messages")
+    if record.get("key_id") != key_id_of(public_key_of(record)):
+        raise RecordError("key_id does not match public_key")
+    return record
+
+
+def make_rotation(
+    old: Signer, server_uuid: str, new_public_key: bytes, issued_at: int
+) -> dict[str, Any]:
+    """
+    A key rotation: the old key hands C{server_uuid} over to C{new_public_key}.
+    """
+    return sign_object(
+        old,
+        {
+            "kind": "rotation",
+            "server_uuid": server_uuid,
+            "old_key_id": old.key_id,
+            "new_public_key": b64encode(new_public_key),
+            "new_key_id": key_id_of(new_public_key),
+            "issued_at": issued_at,
+        },
+    )
+
+
+def make_revocation(
+    signer: Signer, server_uuid: str, key_id: str, issued_at: int, reason: str = ""
+) -> dict[str, Any]:
+    """
+    A revocation of C{key_id}, signed by that key or the server's current key.
+    """
+    return sign_object(
+        signer,
+        {
+            "kind": "revocation",
+            "server_uuid": server_uuid,
+            "key_id": key_id,
+            "issued_at": issued_at,
+            "reason": reason[:200],
+        },
+    )
+
+
+@dataclass
+class KeyState:
+    """
+    The keys of one server: the current one, and old ones still valid.
+    """
+
+    current: bytes
+    previous: dict[str, tuple[bytes, int]] = field(default_factory=dict)
+
+    def key_for(self, key_id: str, now: int) -> bytes | None:
+        if key_id_of(self.current) == key_id:
+            return self.current
+        entry = self.previous.get(key_id)
+        if entry is not None and entry[1] > now:
+            return entry[0]
+        return None
+
+
+@dataclass(frozen=True)
+class Offer:
+    """
+    The outcome of offering a record to the table.
+    """
+
+    status: str  # "new", "updated", "pending", "stale", "invalid", "revoked"
+    reason: str = ""
+
+
+class PeerTable:
+    """
+    The records of every known server, their keys, rotations and revocations.
+
+    C{records} holds proven records (forwarded in digests); C{pending} holds
+    records that verified but whose endpoint is not proven yet.
+    """
+
+    def __init__(
+        self,
+        own_uuid: str,
+        verify: Verifier = verify_signature,
+        pinned: Mapping[str, str] | None = None,
+    ):
+        self.own_uuid = own_uuid
+        self._verify = verify
+        self.records: dict[str, dict[str, Any]] = {}
+        self.pending: dict[str, dict[str, Any]] = {}
+        self.keys: dict[str, KeyState] = {}
+        self.revocations: dict[str, dict[str, Any]] = {}
+        self.rotations: dict[str, dict[str, Any]] = {}
+        # endpoint base URL -> fingerprint pinned by configuration
+        self.pinned = dict(pinned or {})
+
+    # keys ---------------------------------------------------------------
+
+    def is_revoked(self, key_id: str) -> bool:
+        return key_id in self.revocations
+
+    def key_for(self, server_uuid: str, key_id: str, now: int) -> bytes | None:
+        """
+        A key that may verify signatures of C{server_uuid} now, or C{None}.
+        """
+        if key_id in self.revocations:
+            return None
+        state = self.keys.get(server_uuid)
+        if state is None:
+            return None
+        return state.key_for(key_id, now)
+
+    def current_key(self, server_uuid: str) -> bytes | None:
+        state = self.keys.get(server_uuid)
+        if state is None or key_id_of(state.current) in self.revocations:
+            return None
+        return state.current
+
+    def verify_object(self, obj: Mapping[str, Any], public_key: bytes) -> bool:
+        try:
+            key_id, sig = signature_of(obj)
+        except ValueError:
+            return False
+        if key_id != key_id_of(public_key) or key_id in self.revocations:
+            return False
+        try:
+            data = signing_bytes(obj)
+        except ValueError:
+            return False
+        return self._verify(public_key, sig, data)
+
+    # records ------------------------------------------------------------
+
+    def seq_of(self, server_uuid: str) -> int:
+        record = self.records.get(server_uuid)
+        return -1 if record is None else int(record["seq"])
+
+    def offer(self, record: object, now: int) -> Offer:
+        """
+        Check and take in a record received from anyone.
+
+        A newer record of a known server signed by its current key replaces
+        the old one unless it changes the endpoints (then it waits for a new
+        proof); a record of an unknown server is pending until proven.
+        """
+        try:
+            checked = check_peer_record(record)
+            key = public_key_of(checked)
+        except RecordError as e:
+            return Offer("invalid", str(e))
+        uuid = checked["server_uuid"]
+        if uuid == self.own_uuid:
+            return Offer("stale", "own record")
+        if checked["key_id"] in self.revocations:
+            return Offer("revoked", "key revoked")
+        if checked["seq"] <= self.seq_of(uuid):
+            return Offer("stale")
+        known = self.keys.get(uuid)
+        if known is not None:
+            if key_id_of(known.current) != checked["key_id"]:
+                return Offer("invalid", "not signed by the current key of this server")
+        elif node_id_of(key) != uuid:
+            return Offer("invalid", "server_uuid is not derived from public_key")
+        if not self.verify_object(checked, key):
+            return Offer("invalid", "bad signature")
+        pinned = self._pinned_fingerprint(checked)
+        if pinned is not None and PublicIdentity(key).fingerprint != pinned:
+            return Offer("invalid", "key does not match the pinned fingerprint")
+        existing = self.records.get(uuid)
+        if existing is not None and existing["endpoints"] == checked["endpoints"]:
+            self.records[uuid] = checked
+            return Offer("updated")
+        waiting = self.pending.get(uuid)
+        if waiting is not None and waiting["seq"] >= checked["seq"]:
+            return Offer("stale", "already pending")
+        self.pending[uuid] = checked
+        return Offer("pending")
+
+    def _pinned_fingerprint(self, record: Mapping[str, Any]) -> str | None:
+        for endpoint in record["endpoints"]:
+            pinned = self.pinned.get(endpoint.rstrip("/"))
+            if pinned is not None:
+                return pinned
+        return None
+
+    def accept_pending(self, server_uuid: str, public_key: bytes) -> dict[str, Any] | None:
+        """
+        The pending record of C{server_uuid} is proven (its endpoint answered
+        with C{public_key}): make it a known record.
+        """
+        record = self.pending.get(server_uuid)
+        if record is None or public_key_of(record) != public_key:
+            return None
+        del self.pending[server_uuid]
+        if record["seq"] <= self.seq_of(server_uuid):
+            return None
+        self.records[server_uuid] = record
+        if server_uuid not in self.keys:
+            self.keys[server_uuid] = KeyState(public_key)
+        return record
+
+    def drop_pending(self, server_uuid: str) -> None:
+        self.pending.pop(server_uuid, None)
+
+    def add_trusted(self, record: dict[str, Any]) -> None:
+        """
+        Load a record already proven (from storage).
+        """
+        uuid = record["server_uuid"]
+        self.records[uuid] = record
+        if uuid not in self.keys:
+            self.keys[uuid] = KeyState(public_key_of(record))
+
+    def forget(self, server_uuid: str) -> None:
+        self.records.pop(server_uuid, None)
+        self.pending.pop(server_uuid, None)
+        self.keys.pop(server_uuid, None)
+
+    # anti-entropy -------------------------------------------------------
+
+    def digest(self) -> dict[str, int]:
+        """
+        C{{server_uuid: seq}} of every proven record.
+        """
+        return {uuid: record["seq"] for uuid, record in self.records.items()}
+
+    def compare(
+        self, theirs: Mapping[str, int], limit: int = 1000
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """
+        Records the digest's owner lacks (up to C{limit}) and the uuids we want.
+        """
+        records = self.records
+        give = [record for uuid, record in records.items() if theirs.get(uuid, -1) < record["seq"]][
+            :limit
+        ]
+        want = []
+        for uuid, seq in theirs.items():
+            if uuid == self.own_uuid or not isinstance(seq, int):
+                continue
+            mine = records.get(uuid)
+            if (mine is None or mine["seq"] < seq) and (
+                uuid not in self.pending or self.pending[uuid]["seq"] < seq
+            ):
+                want.append(uuid)
+        return give, want[:limit]
+
+    def records_for(self, uuids: Iterable[str], limit: int = 1000) -> list[dict[str, Any]]:
+        result = []
+        for uuid in uuids:
+            record = self.records.get(uuid)
+            if record is not None:
+                result.append(record)
+                if len(result) >= limit:
+                    break
+        return result
+
+    # rotation and revocation -------------------------------------------
+
+    def apply_rotation(self, rotation: object, now: int) -> Offer:
+        """
+        Honour a key rotation signed by the server's current key.
+        """
+        if not isinstance(rotation, dict) or rotation.get("kind") != "rotation":
+            return Offer("invalid", "not a rotation")
+        uuid = rotation.get("server_uuid")
+        old_key_id = rotation.get("old_key_id")
+        if not isinstance(uuid, str) or not isinstance(old_key_id, str):
+            return Offer("invalid", "malformed rotation")
+        try:
+            new_key = b64decode(rotation["new_public_key"])
+        except (KeyError, ValueError):
+            return Offer("invalid", "malformed new_public_key")
+        if len(new_key) != 32 or rotation.get("new_key_id") != key_id_of(new_key):
+            return Offer("invalid", "malformed new key")
+        state = self.keys.get(uuid)
+        if state is None:
+            return Offer("stale", "unknown server")
+        if key_id_of(state.current) == rotation["new_key_id"]:
+            return Offer("stale", "already rotated")
+        if key_id_of(state.current) != old_key_id:
+            return Offer("stale", "not the current key")
+        if not self.verify_object(rotation, state.current):
+            return Offer("invalid", "bad signature")
+        state.previous[old_key_id] = (state.current, now + KEY_GRACE_MS)
+        state.current = new_key
+        self.rotations[f"{uuid}/{old_key_id}"] = rotation
+        record = self.records.get(uuid)
+        if record is not None and record["key_id"] != key_id_of(new_key):
+            # keep the record until a newer one signed by the new key arrives
+            pass
+        return Offer("updated")
+
+    def apply_revocation(self, revocation: object, now: int) -> Offer:
+        """
+        Honour a revocation signed by the revoked key or the server's current key.
+        """
+        if not isinstance(revocation, dict) or revocation.get("kind") != "revocation":
+            return Offer("invalid", "not a revocation")
+        uuid = revocation.get("server_uuid")
+        key_id = revocation.get("key_id")
+        if not isinstance(uuid, str) or not isinstance(key_id, str):
+            return Offer("invalid", "malformed revocation")
+        if key_id in self.revocations:
+            return Offer("stale")
+        state = self.keys.get(uuid)
+        if state is None:
+            return Offer("stale", "unknown server")
+        try:
+            signer_id, _ = signature_of(revocation)
+        except ValueError:
+            return Offer("invalid", "malformed signature")
+        signer = state.key_for(signer_id, now)
+        if signer is None or signer_id not in (key_id, key_id_of(state.current)):
+            return Offer("invalid", "not signed by the revoked or current key")
+        if not self.verify_object(revocation, signer):
+            return Offer("invalid", "bad signature")
+        if key_id_of(state.current) != key_id and key_id not in state.previous:
+            return Offer("invalid", "not a key of this server")
+        self.revocations[key_id] = revocation
+        return Offer("updated")
+
+    def is_usable(self, server_uuid: str) -> bool:
+        """
+        Whether C{server_uuid} is proven and its current key not revoked.
+        """
+        return server_uuid in self.records and self.current_key(server_uuid) is not None
+
+    def events(self) -> list[dict[str, Any]]:
+        """
+        Rotations and revocations to pass on in every exchange.
+        """
+        return [*self.rotations.values(), *self.revocations.values()]
+
+    def apply_events(self, events: object, now: int) -> int:
+        """
+        Apply gossiped rotations and revocations; returns how many were new.
+        """
+        if not isinstance(events, list):
+            return 0
+        applied = 0
+        for event in events[:256]:
+            if isinstance(event, dict) and event.get("kind") == "rotation":
+                outcome = self.apply_rotation(event, now)
+            else:
+                outcome = self.apply_revocation(event, now)
+            if outcome.status == "updated":
+                applied += 1
+        return applied
+
+    def find_by_name(self, server_id: str) -> list[dict[str, Any]]:
+        """
+        Proven, usable records that claim C{server_id}.
+        """
+        return [
+            record
+            for uuid, record in self.records.items()
+            if record["server_id"] == server_id and self.is_usable(uuid)
+        ]

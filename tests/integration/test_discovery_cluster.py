@@ -1,0 +1,337 @@
+"""
+Five real Lattice processes federate on loopback: one bootstrap server,
+gossip rounds forced through the admin socket, a message from C{alice@A} to
+C{bob@E} handed to E's webhook (a real HTTP server in this test) exactly once
+with a verified acknowledgement although the webhook fails the first time,
+and a restarted sender that resumes its queue.
+"""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from lattice.config import section_classes
+from lattice.discovery._canonical import b64decode, signature_of, signing_bytes
+from lattice.identity import PublicIdentity
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+SECRET = "webhook-shared-secret"
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float = 30.0):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+def request(
+    connection: http.client.HTTPConnection,
+    method: str,
+    path: str,
+    body: object = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    try:
+        connection.request(
+            method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})}
+        )
+        response = connection.getresponse()
+        raw = response.read()
+    finally:
+        connection.close()
+    return response.status, json.loads(raw) if raw else None
+
+
+class Webhook:
+    """
+    The application's webhook: records every call; the first C{failures} answer 500.
+    """
+
+    def __init__(self, failures: int = 0):
+        self.failures = failures
+        self.calls: list[tuple[int, dict[str, str], dict[str, Any]]] = []
+        hook = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                code = 200
+                if hook.failures > 0 or self.headers.get("Authorization") != f"Bearer {SECRET}":
+                    hook.failures -= 1
+                    code = 500
+                hook.calls.append((code, dict(self.headers), body))
+                self.send_response(code)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/lattice/messages"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def accepted(self) -> list[dict[str, Any]]:
+        return [body for code, _, body in self.calls if code == 200]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def ini(directory: Path, name: str, webhook: str, extra: str = "") -> Path:
+    """
+    A configuration with only discovery enabled, listening on port 0.
+    """
+    lines = []
+    for section, section_class in section_classes().items():
+        if section != "discovery" and "enabled" in {f.name for f in fields(section_class)}:
+            lines.append(f"[{section}]\nenabled = false\n")
+    state = directory / name
+    lines.append(f"[node]\nstate_dir = {state}\n")
+    lines.append("[log]\nlevel = info\n")
+    lines.append(
+        "[discovery]\n"
+        "enabled = true\n"
+        f"server_name = {name}\n"
+        "listen = tcp:0:interface=127.0.0.1\n"
+        "allow_private_addresses = true\n"
+        "gossip_interval = 1h\n"
+        "delivery_interval = 1h\n"
+        "retry_base = 100ms\n"
+        "retry_max = 500ms\n"
+        f"webhook_url = {webhook}\n"
+        f"webhook_secret_file = {directory / 'secret'}\n"
+        f"{extra}"
+    )
+    path = directory / f"{name}.ini"
+    path.write_text("".join(lines))
+    return path
+
+
+class Daemon:
+    """
+    One C{twistd -n lattice} child.
+    """
+
+    def __init__(self, directory: Path, name: str, config: Path, bootstrap: str = ""):
+        self.name = name
+        self.state = directory / name
+        self.log = directory / f"{name}.log"
+        self.config = config
+        self.bootstrap = bootstrap
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("LATTICE_", "NOTIFY_SOCKET", "WATCHDOG_", "CREDENTIALS_DIRECTORY"))
+        }
+        env["PYTHONPATH"] = str(ROOT)
+        if self.bootstrap:
+            env["LATTICE_BOOTSTRAP_SERVERS"] = self.bootstrap
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "twisted", "lattice", "--config", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=str(ROOT),
+            )
+
+    def admin(self, method: str, path: str, body: object = None) -> tuple[int, Any]:
+        return request(_UnixConnection(str(self.state / "admin.sock")), method, path, body)
+
+    def wait_ready(self, deadline: float = 30.0) -> dict[str, Any]:
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"{self.name} exited: {self.tail()}")
+            try:
+                status, body = self.admin("GET", "/health")
+                if status == 200:
+                    return dict(body)
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"{self.name} not ready: {self.tail()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def tail(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
+
+
+class ClusterHarness:
+    def __init__(
+        self,
+        test: SynchronousTestCase,
+        names: list[str],
+        failures: int = 0,
+        extra: dict[str, str] | None = None,
+    ):
+        self.directory = Path(tempfile.mkdtemp(prefix="lattice-fed-"))
+        test.addCleanup(shutil.rmtree, self.directory, True)
+        (self.directory / "secret").write_text(SECRET + "\n")
+        self.webhook = Webhook(failures)
+        test.addCleanup(self.webhook.close)
+        self.daemons: dict[str, Daemon] = {}
+        self.test = test
+        for name in names:
+            config = ini(self.directory, name, self.webhook.url, (extra or {}).get(name, ""))
+            self.daemons[name] = Daemon(self.directory, name, config)
+            test.addCleanup(self.daemons[name].stop)
+
+
+def verify_ack(ack: dict[str, Any], public_key: bytes) -> bool:
+    _, signature = signature_of(ack)
+    return PublicIdentity(public_key).verify(signature, signing_bytes(ack))
+
+
+class FederationClusterTests(SynchronousTestCase):
+    """
+    Five daemons, one bootstrap server.
+    """
+
+    def test_five_daemons(self) -> None:
+        """
+        Every daemon learns every other; a message from alice@A reaches bob@E
+        exactly once with a verified acknowledgement although E's webhook
+        fails first; a restarted sender resumes its queue.
+        """
+        names = ["A", "B", "C", "D", "E"]
+        harness = ClusterHarness(self, names, failures=1)
+        daemons = harness.daemons
+        a = daemons["A"]
+        a.start()
+        health = a.wait_ready()
+        _, identity = a.admin("GET", "/api/v1/identity")
+        bootstrap = f"{health['endpoints'][0]}#{identity['fingerprint']}"
+        for name in names[1:]:
+            daemons[name].bootstrap = bootstrap
+            daemons[name].start()
+        identities = {}
+        for name in names:
+            daemons[name].wait_ready()
+            identities[name] = daemons[name].admin("GET", "/api/v1/identity")[1]
+
+        # gossip rounds, forced through the admin socket
+        for _ in range(6):
+            for name in names:
+                status, _ = daemons[name].admin("POST", "/api/v1/announce", {"force": True})
+                self.assertEqual(status, 200)
+            counts = {name: len(daemons[name].admin("GET", "/api/v1/peers")[1]) for name in names}
+            if all(count == 4 for count in counts.values()):
+                break
+        self.assertEqual(counts, {name: 4 for name in names})
+        for name in names:
+            peers = daemons[name].admin("GET", "/api/v1/peers")[1]
+            self.assertEqual(sorted(p["server_id"] for p in peers), sorted(set(names) - {name}))
+
+        # alice@A -> bob@E; E's webhook refuses the first hand-off
+        status, queued = a.admin(
+            "POST",
+            "/api/v1/messages/send",
+            {"to_address": "bob@E", "from_address": "alice@A", "content": "hello bob"},
+        )
+        self.assertEqual(status, 200, queued)
+        message_id = queued["message_id"]
+        state = self.wait_delivered(a, message_id)
+        self.assertGreaterEqual(state["attempts"], 2)
+        ack = state["acknowledgement"]
+        self.assertEqual(
+            (ack["message_id"], ack["to_server"], ack["status"]),
+            (message_id, identities["E"]["server_uuid"], "accepted"),
+        )
+        self.assertTrue(verify_ack(ack, b64decode(identities["E"]["public_key"])))
+        self.assertFalse(verify_ack(ack, b64decode(identities["D"]["public_key"])))
+        codes = [
+            code for code, _, body in harness.webhook.calls if body["message_id"] == message_id
+        ]
+        self.assertEqual(codes, [500, 200])
+        (accepted,) = harness.webhook.accepted()
+        self.assertEqual(
+            (accepted["from_address"], accepted["to_address"], accepted["content"]),
+            ("alice@A", "bob@E", "hello bob"),
+        )
+        headers = next(h for code, h, _ in harness.webhook.calls if code == 200)
+        self.assertEqual(headers["Idempotency-Key"], message_id)
+
+        # the queue survives a restart of the sender
+        harness.webhook.failures = 10**6
+        status, queued = a.admin(
+            "POST",
+            "/api/v1/messages/send",
+            {"to_address": "bob@E", "from_address": "alice@A", "content": "after restart"},
+        )
+        second = queued["message_id"]
+        self.wait_attempts(a, second)
+        a.stop()
+        harness.webhook.failures = 0
+        a.start()
+        a.wait_ready()
+        self.wait_delivered(a, second, trigger=False)
+        contents = [body["content"] for body in harness.webhook.accepted()]
+        self.assertEqual(contents, ["hello bob", "after restart"])
+
+    def wait_attempts(self, daemon: Daemon, message_id: str) -> None:
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            state = daemon.admin("GET", f"/api/v1/messages/{message_id}")[1]
+            if state["attempts"] >= 1:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"no attempt: {state}")
+
+    def wait_delivered(
+        self, daemon: Daemon, message_id: str, trigger: bool = True
+    ) -> dict[str, Any]:
+        end = time.monotonic() + 30
+        state: dict[str, Any] = {}
+        while time.monotonic() < end:
+            state = daemon.admin("GET", f"/api/v1/messages/{message_id}")[1]
+            if state["status"] == "delivered":
+                return state
+            self.assertEqual(state["status"], "pending", state)
+            if trigger:
+                daemon.admin("POST", "/api/v1/maintenance/process_messages", {})
+            time.sleep(0.2)
+        raise AssertionError(f"not delivered: {state}\n{daemon.tail()}")
