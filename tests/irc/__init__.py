@@ -1,0 +1,1 @@
+"""Tests for lattice.irc (the lattice-irc daemon)."""
