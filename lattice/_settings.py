@@ -127,7 +127,12 @@ class _Duration:
             size = _DURATION_UNITS[unit]
             if seconds >= size and seconds % size == 0:
                 return f"{int(seconds // size)}{unit}"
-        return f"{seconds:g}s"
+        if seconds.is_integer():
+            return f"{int(seconds)}s"
+        milliseconds = seconds * 1000
+        if milliseconds.is_integer():
+            return f"{int(milliseconds)}ms"
+        return f"{seconds:.6f}".rstrip("0") + "s"
 
 
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*$")

@@ -60,11 +60,11 @@ class AdminSurface:
             raise ValueError(f"admin path /{segment} mounted twice")
         self.root.putChild(name, resource)
 
-    def site(self) -> Site:
+    def site(self, reactor: Any) -> Site:
         """
-        A Site serving the admin tree.
+        A Site serving the admin tree, timing out idle connections on C{reactor}.
         """
-        site = QuietSite(self.root)
+        site = QuietSite(self.root, reactor=reactor)
         site.displayTracebacks = False
         return site
 

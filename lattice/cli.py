@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from lattice.acme._cli import add_tls_commands
 from lattice.config import ConfigError, LatticeConfig, load_config
 from lattice.identity import (
     IdentityError,
@@ -26,6 +27,8 @@ from lattice.identity import (
     load_identity,
     load_or_create_identity,
 )
+from lattice.kv._cli import add_kv_commands
+from lattice.registry._cli import add_service_commands
 from lattice.usb._cli import add_usb_commands
 
 __all__ = ["main"]
@@ -213,6 +216,32 @@ def _status(args: argparse.Namespace) -> int:
     return 0 if ready else 1
 
 
+def _discovery(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if not config.discovery.enabled:
+        raise CommandError("[discovery] enabled = false: discovery is not running")
+    command = args.subcommand
+    if command == "health":
+        status, body = admin_request(config, "GET", "/health")
+    elif command == "peers":
+        query = "?include_blocked=true" if args.all else ""
+        status, body = admin_request(config, "GET", "/api/v1/peers" + query)
+    elif command == "announce":
+        status, body = admin_request(config, "POST", "/api/v1/announce", {"force": args.force})
+    elif command == "route":
+        status, body = admin_request(config, "POST", f"/api/v1/route/{args.domain}", {})
+    elif command == "send":
+        message = {"to_address": args.to, "from_address": args.sender, "content": args.content}
+        status, body = admin_request(config, "POST", "/api/v1/messages/send", message)
+    else:
+        status, body = admin_request(config, "POST", f"/api/v1/maintenance/{command}", {})
+    if status >= 400:
+        error = body.get("error") if isinstance(body, dict) else None
+        raise CommandError(f"{command}: HTTP {status}: {error or body}")
+    print(json.dumps(body, indent=2, sort_keys=True))
+    return 0
+
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -256,7 +285,38 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--config", "-c", default=argparse.SUPPRESS, help="INI file")
     status.set_defaults(handler=_status)
 
+    discovery = commands.add_parser("discovery", help="federation: peers, gossip, messages")
+    discovery_commands = discovery.add_subparsers(
+        dest="subcommand", metavar="SUBCOMMAND", required=True
+    )
+    for name, text in (
+        ("health", "health of the discovery subsystem"),
+        ("peers", "known peers"),
+        ("announce", "run a gossip round now"),
+        ("route", "resolve a server name"),
+        ("send", "queue a message to user@server"),
+        ("update_neighbors", "probe peers and choose neighbors now"),
+        ("process_messages", "deliver due messages now"),
+        ("cleanup", "expire old state now"),
+    ):
+        sub = discovery_commands.add_parser(name, help=text)
+        sub.add_argument("--config", "-c", default=argparse.SUPPRESS, help="INI file")
+        sub.set_defaults(handler=_discovery)
+        if name == "peers":
+            sub.add_argument("--all", action="store_true", help="include unproven and revoked")
+        elif name == "announce":
+            sub.add_argument("--force", action="store_true", help="ignore the once-a-minute limit")
+        elif name == "route":
+            sub.add_argument("domain")
+        elif name == "send":
+            sub.add_argument("--to", required=True, help="user@server")
+            sub.add_argument("--from", dest="sender", required=True, help="user@this-server")
+            sub.add_argument("content")
+
     add_usb_commands(commands, _load, admin_request, CommandError)
+    add_kv_commands(commands, _load, admin_request, CommandError)
+    add_service_commands(commands, _load, admin_request, CommandError)
+    add_tls_commands(commands, _load, admin_request, CommandError)
     return parser
 
 

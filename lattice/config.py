@@ -31,10 +31,12 @@ from lattice._settings import (
     OPTIONAL_ENDPOINT,
     OPTIONAL_PATH,
     PATH,
+    SIZE,
     STRING,
     SettingError,
     choice,
     duration,
+    integer,
     setting,
     setting_fields,
 )
@@ -42,10 +44,14 @@ from lattice._settings import (
 __all__ = [
     "ConfigError",
     "DiscoveryConfig",
+    "KvConfig",
     "LatticeConfig",
     "LogConfig",
     "NodeConfig",
+    "RegistryConfig",
     "TelemetryConfig",
+    "TlsConfig",
+    "UsbConfig",
     "config_from_string",
     "load_config",
     "section_classes",
@@ -166,6 +172,433 @@ class DiscoveryConfig:
         "Servers to contact first (``LATTICE_BOOTSTRAP_SERVERS``): URLs, each "
         "optionally followed by ``#<fingerprint>`` to pin its key.",
     )
+    enabled: bool = setting(
+        False,
+        BOOL,
+        "Run the discovery and federation subsystem (public and admin listeners, timers).",
+    )
+    server_name: str = setting(
+        "",
+        STRING,
+        "This server's name in ``user@server`` addresses; empty means the host of "
+        "``public_url`` (or ``localhost``).",
+    )
+    listen: str = setting(
+        "tcp:1113:interface=127.0.0.1",
+        ENDPOINT,
+        "The public federation listener (peers, ``/status``, ``/openapi.json``).",
+    )
+    admin_listen: str = setting(
+        "",
+        OPTIONAL_ENDPOINT,
+        "An extra admin listener for the predecessor's admin routes (``/health``, "
+        "``/api/v1/announce`` ...), for example ``tcp:1114:interface=127.0.0.1``. "
+        "The routes are always on the node's admin socket as well. Loopback or unix only.",
+    )
+    database: str = setting(
+        "",
+        STRING,
+        "Empty: SQLite at ``<state_dir>/discovery.sqlite3``; a path: that SQLite file; "
+        "a ``postgresql://`` URL: that PostgreSQL database.",
+    )
+    webhook_url: str = setting(
+        "",
+        STRING,
+        "The application's URL that receives inbound messages (POST, JSON). "
+        "Empty: this server does not accept messages.",
+    )
+    webhook_secret_file: Path | None = setting(
+        None,
+        OPTIONAL_PATH,
+        "File holding the webhook's shared secret; ``$CREDENTIALS_DIRECTORY/webhook_secret`` "
+        "wins when present. Required when ``webhook_url`` is set.",
+    )
+    trusted_proxies: tuple[str, ...] = setting(
+        (),
+        LIST,
+        "Addresses or networks of reverse proxies whose ``X-Forwarded-For``/``Forwarded`` "
+        "headers are believed (for per-address limits).",
+    )
+    allow_private_addresses: bool = setting(
+        False,
+        BOOL,
+        "Allow outbound calls to private, loopback and link-local addresses "
+        "(local tests and air-gapped LANs).",
+    )
+    gossip_interval: float = setting(600.0, duration(0.01), "Time between gossip rounds.")
+    delivery_interval: float = setting(
+        60.0, duration(0.01), "Time between message delivery passes."
+    )
+    neighbor_interval: float = setting(
+        21600.0, duration(0.01), "Time between neighbor updates (with liveness probes)."
+    )
+    cleanup_interval: float = setting(86400.0, duration(0.01), "Time between cleanups.")
+    timer_jitter: int = setting(
+        10, integer(0, 100), "Each timer interval is stretched by a random 0..N percent."
+    )
+    max_neighbors: int = setting(8, integer(1, 256), "Most neighbors kept.")
+    fanout: int = setting(3, integer(1, 64), "Partners per gossip round.")
+    neighbor_eligible: float = setting(
+        604800.0, duration(1.0), "A peer may be a neighbor if seen within this time."
+    )
+    neighbor_demote: float = setting(
+        2592000.0, duration(1.0), "Neighbors unseen this long are demoted."
+    )
+    peer_delete: float = setting(7776000.0, duration(1.0), "Peers unseen this long are deleted.")
+    message_ttl: float = setting(86400.0, duration(1.0), "Outbound messages expire after this.")
+    max_attempts: int = setting(5, integer(1, 100), "Delivery attempts before a message fails.")
+    retry_base: float = setting(
+        60.0,
+        duration(0.001),
+        "Retry backoff base: attempt n waits min(retry_base * 2^n, retry_max).",
+    )
+    retry_max: float = setting(3600.0, duration(0.001), "Longest retry backoff.")
+    breaker_threshold: int = setting(
+        5, integer(1, 1000), "Consecutive failures that open a peer's circuit breaker."
+    )
+    breaker_open: float = setting(
+        900.0, duration(0.001), "How long an open breaker stays open before a half-open probe."
+    )
+    received_keep: float = setting(
+        604800.0, duration(1.0), "How long received message ids are kept (de-duplication)."
+    )
+    route_cache: float = setting(86400.0, duration(1.0), "How long a resolved name is cached.")
+    peer_rate_limit: int = setting(
+        100, integer(1, 1_000_000), "Requests per minute per authenticated peer."
+    )
+    address_rate_limit: int = setting(
+        120,
+        integer(1, 1_000_000),
+        "Unauthenticated requests (and failed authentications) per minute per client address.",
+    )
+    max_body: int = setting(1048576, SIZE, "Largest request body accepted on the public listener.")
+    outbound_timeout: float = setting(10.0, duration(0.1), "Timeout of every outbound call.")
+    outbound_concurrency: int = setting(
+        64, integer(1, 10_000), "Most outbound calls in flight (per peer host: a quarter, >= 2)."
+    )
+
+
+@dataclass(frozen=True)
+class UsbConfig:
+    """
+    ``[usb]``: the USB/IP server that exports this machine's USB devices.
+    """
+
+    enabled: bool = setting(False, BOOL, "Run the USB/IP server.")
+    listen: str = setting(
+        "tcp:3240:interface=127.0.0.1",
+        ENDPOINT,
+        "Plain USB/IP listener (stock ``usbip attach`` and usbip-win2 clients). "
+        "Clients are identified by their IP address.",
+    )
+    tls_listen: str = setting(
+        "",
+        OPTIONAL_ENDPOINT,
+        "Optional TLS listener (a ``tcp:`` endpoint; TLS is added by Lattice). "
+        "Clients must present a certificate; its SHA-256 fingerprint is their identity.",
+    )
+    tls_certificate: Path | None = setting(
+        None, OPTIONAL_PATH, "PEM certificate (and chain) of the TLS listener."
+    )
+    tls_key: Path | None = setting(None, OPTIONAL_PATH, "PEM private key of the TLS listener.")
+    tls_client_ca: Path | None = setting(
+        None,
+        OPTIONAL_PATH,
+        "PEM bundle of the CAs (or self-signed client certificates) client certificates "
+        "must chain to; required with ``tls_listen``. Approval by fingerprint comes on top.",
+    )
+    backend: str = setting(
+        "pyusb",
+        choice("pyusb", "emulated"),
+        "``pyusb``: this machine's devices through libusb-1.0; ``emulated``: built-in "
+        "emulated devices (an echo device and a keyboard) for tests and demos.",
+    )
+    auto_share: bool = setting(
+        False,
+        BOOL,
+        "Export every device that matches ``filters`` (at start and on hot-plug). When "
+        "false, devices are exported only after ``lattice usb share BUSID``.",
+    )
+    filters: tuple[str, ...] = setting(
+        (),
+        LIST,
+        "VID:PID patterns a device must match to be exported, e.g. ``1209:*, 04f9:0042``; "
+        "empty matches every device. Hubs are never exported.",
+    )
+    require_approval: bool = setting(
+        True,
+        BOOL,
+        "Only approved clients see and import devices. With no client approved, "
+        "nobody is (fail closed).",
+    )
+    approved_clients: tuple[str, ...] = setting(
+        (),
+        LIST,
+        "Clients approved in advance: certificate SHA-256 fingerprints (TLS listener) "
+        "or IP addresses (plain listener).",
+    )
+    device_clients: tuple[str, ...] = setting(
+        (),
+        LIST,
+        "Per-device client lists, ``PATTERN=CLIENT`` entries (PATTERN is VID:PID or a bus "
+        "id): a device matched by any entry is visible only to the clients named for it.",
+    )
+    keepalive: float = setting(
+        5.0,
+        duration(minimum=1.0),
+        "Idle time before TCP keepalive probes; a silent client loses its device after "
+        "about this plus three seconds.",
+    )
+    poll_interval: float = setting(
+        5.0,
+        duration(minimum=0.5),
+        "How often to rescan for devices when udev hot-plug events are unavailable.",
+    )
+    hotplug_debounce: float = setting(
+        0.5,
+        duration(minimum=0.0),
+        "Quiet time after a hot-plug event before the devices are rescanned.",
+    )
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """
+    ``[tls]``: the certificate shared by the public TLS listeners (files, self-signed or
+    ACME).
+    """
+
+    enabled: bool = setting(
+        False,
+        BOOL,
+        "Run the certificate service (``tls``) that provides the certificate of the public "
+        "TLS listeners, according to ``mode``.",
+    )
+    mode: str = setting(
+        "self-signed",
+        choice("self-signed", "files", "acme"),
+        "``self-signed``: a certificate generated once under ``<state_dir>/tls/`` and reused "
+        "(local development); ``files``: ``certificate`` and ``private_key``, reloaded when "
+        "they change; ``acme``: obtained and renewed from an ACME CA (HTTP-01).",
+    )
+    certificate: Path | None = setting(
+        None,
+        OPTIONAL_PATH,
+        "``files`` mode: PEM certificate followed by its chain (and optionally the key).",
+    )
+    private_key: Path | None = setting(
+        None,
+        OPTIONAL_PATH,
+        "``files`` mode: PEM private key; empty means it is in the ``certificate`` file.",
+    )
+    domains: tuple[str, ...] = setting(
+        (),
+        LIST,
+        "Names the certificate is for (``acme``: required, each must reach this node on "
+        "port 80; ``self-signed``: empty means ``localhost, 127.0.0.1, ::1``).",
+    )
+    acme_directory: str = setting(
+        "",
+        STRING,
+        "``acme`` mode: the CA's directory URL, for example "
+        "``https://acme-v02.api.letsencrypt.org/directory``.",
+    )
+    acme_contact: tuple[str, ...] = setting(
+        (),
+        LIST,
+        "Contact URLs of the ACME account, for example ``mailto:ops@example.org``.",
+    )
+    acme_agree_terms: bool = setting(
+        False,
+        BOOL,
+        "Agree to the CA's terms of service (required by CAs that publish terms).",
+    )
+    acme_ca_bundle: Path | None = setting(
+        None,
+        OPTIONAL_PATH,
+        "PEM CA certificates to trust for the ACME directory's HTTPS (test CAs such as "
+        "pebble); empty means the usual trust store.",
+    )
+    acme_http_listen: str = setting(
+        "",
+        OPTIONAL_ENDPOINT,
+        "Plain-HTTP listener that answers HTTP-01 challenges at "
+        "``/.well-known/acme-challenge/`` (``tcp:80`` in production). Empty: only listeners "
+        "that mount the challenge resource answer them.",
+    )
+    acme_timeout: float = setting(30.0, duration(1.0), "Timeout of each request to the ACME CA.")
+    acme_order_timeout: float = setting(
+        120.0,
+        duration(1.0),
+        "Longest an order may take from answering the challenges to the issued certificate.",
+    )
+    acme_retry_min: float = setting(
+        300.0,
+        duration(0.001),
+        "Wait after a failed issuance or renewal; doubled after each further failure.",
+    )
+    acme_retry_max: float = setting(
+        21600.0, duration(0.001), "Longest wait between failed attempts."
+    )
+
+
+@dataclass(frozen=True)
+class KvConfig:
+    """
+    ``[kv]``: the etcd v3-compatible key-value store (see ``docs/kv.rst``).
+    """
+
+    enabled: bool = setting(
+        False,
+        BOOL,
+        "Run the KV store and its etcd v3 gRPC listener (``etc/lattice.ini`` turns it on).",
+    )
+    listen: str = setting(
+        "tcp:2379:interface=127.0.0.1",
+        ENDPOINT,
+        "etcd v3 gRPC listener; it also answers ``/healthz`` and ``/readyz`` over HTTP/1.1.",
+    )
+    tls_certificate: Path | None = setting(
+        None,
+        OPTIONAL_PATH,
+        "PEM certificate (and chain) of the listener; empty serves cleartext (h2c).",
+    )
+    tls_key: Path | None = setting(
+        None, OPTIONAL_PATH, "PEM private key of the listener (required with a certificate)."
+    )
+    tls_client_ca: Path | None = setting(
+        None,
+        OPTIONAL_PATH,
+        "PEM CA bundle; when set, clients must present a certificate chaining to it, and its "
+        "common name selects the client's tenant.",
+    )
+    tls_minimum_version: str = setting("1.2", choice("1.2", "1.3"), "Lowest TLS version accepted.")
+    data_file: Path | None = setting(
+        None,
+        OPTIONAL_PATH,
+        "SQLite database of the store; empty means ``<state_dir>/kv.sqlite``.",
+    )
+    durability: str = setting(
+        "sync",
+        choice("sync", "async"),
+        "``sync``: a write is answered once its commit is on disk (``synchronous=FULL``); "
+        "``async``: answered once applied in memory, committed moments later "
+        "(``synchronous=NORMAL``): a crash can lose the last acknowledged writes.",
+    )
+    max_request_bytes: int = setting(
+        1572864, SIZE, "Largest Put, DeleteRange or Txn request (etcd's ``--max-request-bytes``)."
+    )
+    default_tenant: str = setting(
+        "default",
+        STRING,
+        "Tenant of clients without an identity (no client certificate, no auth user).",
+    )
+    tenant_qps_limit: int = setting(
+        0, integer(0, 10_000_000), "Requests per second per tenant; 0 means unlimited."
+    )
+    tenant_bytes_limit: int = setting(
+        0, SIZE, "Request bytes per second per tenant; 0 means unlimited."
+    )
+    lease_ttl_default: float = setting(60.0, duration(1.0), "TTL of a lease granted with TTL 0.")
+    lease_ttl_max: float = setting(
+        86400.0, duration(1.0), "Largest lease TTL granted; larger requests fail."
+    )
+    backend: str = setting(
+        "embedded",
+        choice("embedded", "etcd"),
+        "``embedded``: the node's own SQLite-backed store; ``etcd``: the listener fronts an "
+        "etcd cluster (``etcd_endpoints``), see ``docs/kv-cluster.rst``.",
+    )
+    etcd_endpoints: tuple[str, ...] = setting(
+        (),
+        LIST,
+        "With ``backend = etcd``: the cluster's client URLs (``http://host:port`` or "
+        "``https://host:port``), tried in order with failover.",
+    )
+    etcd_tls_ca: Path | None = setting(
+        None, OPTIONAL_PATH, "PEM CA bundle that verifies the etcd members (https endpoints)."
+    )
+    etcd_tls_certificate: Path | None = setting(
+        None, OPTIONAL_PATH, "PEM client certificate presented to the etcd members."
+    )
+    etcd_tls_key: Path | None = setting(
+        None, OPTIONAL_PATH, "PEM private key of ``etcd_tls_certificate``."
+    )
+    upstream_timeout: float = setting(
+        5.0,
+        duration(0.1),
+        "Deadline of one call to the etcd cluster; a linearizable call that cannot finish in "
+        "time fails with UNAVAILABLE (linearizability unavailable).",
+    )
+
+    def data_path(self, state_dir: Path) -> Path:
+        """The database file, defaulted under the state directory."""
+        return self.data_file if self.data_file is not None else state_dir / "kv.sqlite"
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """
+    ``[registry]``: registry-managed services (external daemons) and the Lattice Store
+    Protocol they reach state through (see ``docs/registry.rst``).
+    """
+
+    enabled: bool = setting(
+        False,
+        BOOL,
+        "Watch ``/services/`` in the KV store and run the services this node consents to.",
+    )
+    lsp_listen: str = setting(
+        "",
+        OPTIONAL_ENDPOINT,
+        "The Lattice Store Protocol listener daemons connect to. Empty means "
+        "``unix:<state_dir>/lsp.sock:mode=600:lockfile=1``. Keep it a 0600 (or "
+        "group-restricted) unix socket: each daemon also needs its token.",
+    )
+    consent_file: Path | None = setting(
+        None,
+        OPTIONAL_PATH,
+        "Node-local consent and port overrides (JSON, 0600), changed only through "
+        "``lattice service consent|port``. Empty means ``<state_dir>/service-consent.json``.",
+    )
+    kill_timeout: float = setting(
+        10.0, duration(minimum=0.1), "Time between SIGTERM and SIGKILL when stopping a daemon."
+    )
+    restart_min: float = setting(
+        1.0, duration(minimum=0.01), "Delay before restarting a crashed daemon the first time."
+    )
+    restart_max: float = setting(
+        60.0,
+        duration(minimum=0.01),
+        "Longest restart delay (the delay doubles after each crash); a daemon that ran this "
+        "long is healthy again and its next restart waits ``restart_min``.",
+    )
+    advertise_ttl: int = setting(
+        15,
+        integer(2, 3600),
+        "Seconds the ``/nodes/{node_id}/services/{service_id}`` advertisements outlive a node "
+        "that stopped keeping their lease alive.",
+    )
+    database: Path | None = setting(
+        None,
+        OPTIONAL_PATH,
+        "Only with ``[kv] enabled = false``: the registry's own embedded store. Empty means "
+        "``<state_dir>/registry-kv.sqlite``.",
+    )
+
+    def lsp_endpoint(self, state_dir: Path) -> str:
+        """The LSP listener's endpoint string, defaulted under the state directory."""
+        if self.lsp_listen:
+            return self.lsp_listen
+        return f"unix:{state_dir / 'lsp.sock'}:mode=600:lockfile=1"
+
+    def consent_path(self, state_dir: Path) -> Path:
+        """The consent file, defaulted under the state directory."""
+        return self.consent_file or state_dir / "service-consent.json"
+
+    def database_path(self, state_dir: Path) -> Path:
+        """The fallback store's database, defaulted under the state directory."""
+        return self.database or state_dir / "registry-kv.sqlite"
 
 
 @dataclass(frozen=True)
@@ -178,6 +611,10 @@ class LatticeConfig:
     log: LogConfig = LogConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     discovery: DiscoveryConfig = DiscoveryConfig()
+    usb: UsbConfig = UsbConfig()
+    tls: TlsConfig = TlsConfig()
+    kv: KvConfig = KvConfig()
+    registry: RegistryConfig = RegistryConfig()
     source: Path | None = None
 
 

@@ -51,7 +51,7 @@ class NodeService(MultiService):
         self.admin_listener = ListenerService(
             reactor,
             config.admin_endpoint,
-            self.admin.site(),
+            self.admin.site(reactor),
             readiness.register("admin"),
             "[node] admin_listen",
             fail,

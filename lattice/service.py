@@ -10,16 +10,21 @@ from dataclasses import fields
 from typing import Any
 
 from twisted.application.service import IService, MultiService
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lattice._logging import LogControl, effective_level
+from lattice.acme import CertificateService
 from lattice.config import ConfigError, LatticeConfig, load_config
+from lattice.discovery import DiscoveryService
+from lattice.kv import KVService
 from lattice.node import NodeService
 from lattice.readiness import Readiness
+from lattice.registry import RegistryService
 from lattice.systemd import Notifier
 from lattice.telemetry import TelemetryService, new_registry
+from lattice.usb import UsbService
 
 __all__ = ["LatticeService", "make_lattice_service"]
 
@@ -79,16 +84,26 @@ class LatticeService(MultiService):
     def stopService(self) -> Deferred[None]:
         self._notifier.stopping()
         self.running = 0
-        results = []
-        for child in reversed(list(self)):
-            if child.running:
-                result = child.stopService()
-                if isinstance(result, Deferred):
-                    results.append(result)
-        stopped: Deferred[Any] = DeferredList(results, consumeErrors=True)
+        stopped: Deferred[None] = Deferred.fromCoroutine(self._stop_children())
         stopped.addTimeout(self.config.node.shutdown_timeout, self._reactor, self._timed_out)
         stopped.addBoth(self._stopped)
         return stopped
+
+    async def _stop_children(self) -> None:
+        # One at a time, in reverse start order: the registry withdraws its
+        # advertisements while the KV store still runs, and the node (its
+        # identity, its admin socket) goes last.
+        for child in reversed(list(self)):
+            if not child.running:
+                continue
+            try:
+                result = child.stopService()
+                if isinstance(result, Deferred):
+                    await result
+            except CancelledError:
+                raise  # the shutdown timeout expired
+            except Exception:
+                self._log.failure("Error while stopping {name}", name=child.name)
 
     def _timed_out(self, result: object, timeout: float) -> None:
         self._log.error(
@@ -180,6 +195,72 @@ def make_lattice_service(
             config.telemetry, reactor, root.metrics, root.readiness, node.node_id, root.fail
         )
         _add(root, "telemetry", telemetry)
+
+    # The certificate of the public TLS listeners: before every listener that uses it.
+    if config.tls.enabled:
+        tls = CertificateService(
+            config.tls,
+            reactor,
+            state_dir=config.node.state_dir,
+            readiness=root.readiness,
+            fail=root.fail,
+            admin=node.admin,
+            metrics=root.metrics,
+        )
+        _add(root, "tls", tls)
+
+    if config.kv.enabled:
+        kv = KVService(
+            config.kv,
+            reactor,
+            state_dir=config.node.state_dir,
+            node=node,
+            readiness=root.readiness,
+            metrics=root.metrics,
+            fail=root.fail,
+        )
+        _add(root, "kv", kv)
+
+    if config.discovery.enabled:
+        discovery = DiscoveryService(
+            config.discovery,
+            config.node,
+            reactor,
+            node=node,
+            readiness=root.readiness,
+            metrics=root.metrics,
+            fail=root.fail,
+            environ=environ,
+        )
+        _add(root, "discovery", discovery)
+
+    if config.usb.enabled:
+        usb = UsbService(
+            config.usb,
+            reactor,
+            state_dir=config.node.state_dir,
+            readiness=root.readiness,
+            fail=root.fail,
+            node=node,
+            metrics=root.metrics,
+            notifier=notifier,
+        )
+        _add(root, "usb", usb)
+
+    if config.registry.enabled:
+        registry = RegistryService(
+            config.registry,
+            reactor,
+            node_config=config.node,
+            node=node,
+            readiness=root.readiness,
+            metrics=root.metrics,
+            fail=root.fail,
+            kv=kv if config.kv.enabled else None,
+            tenant=config.kv.default_tenant,
+            environ=environ,
+        )
+        _add(root, "registry", registry)
     return root
 
 

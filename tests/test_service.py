@@ -215,6 +215,63 @@ class ShutdownTests(SynchronousTestCase):
         self.assertEqual(notifier.sent, ["STOPPING=1", "STATUS=Shutting down"])
         self.assertFalse(root.readiness.ready)
 
+    def test_reverse_order_one_at_a_time(self) -> None:
+        """
+        A subsystem stops only after the one started after it finished stopping.
+        """
+        from twisted.application.service import Service
+        from twisted.internet.defer import Deferred
+
+        events: list[str] = []
+        pending: dict[str, Deferred[None]] = {}
+
+        class Slow(Service):
+            def stopService(self) -> Deferred[None]:
+                super().stopService()
+                name = str(self.name)
+                events.append(f"stop {name}")
+                pending[name] = Deferred()
+                return pending[name]
+
+        config = _config(self, "[telemetry]\nenabled = false\n")
+        root = make_lattice_service(
+            config, MemoryReactorClock(), environ={}, notifier=RecordingNotifier()
+        )
+        for name in ("first", "second"):
+            child = Slow()
+            child.setName(name)
+            child.setServiceParent(root)
+        root.startService()
+        stopping = root.stopService()
+        self.assertEqual(events, ["stop second"])
+        pending["second"].callback(None)
+        self.assertEqual(events, ["stop second", "stop first"])
+        self.assertNoResult(stopping)
+        pending["first"].callback(None)
+        self.successResultOf(stopping)
+
+    def test_shutdown_timeout(self) -> None:
+        """
+        A subsystem that never finishes stopping is abandoned after the timeout.
+        """
+        from twisted.application.service import Service
+        from twisted.internet.defer import Deferred
+
+        class Stuck(Service):
+            def stopService(self) -> Deferred[None]:
+                super().stopService()
+                return Deferred()
+
+        config = _config(self, "shutdown_timeout = 5s\n[telemetry]\nenabled = false\n")
+        reactor = MemoryReactorClock()
+        root = make_lattice_service(config, reactor, environ={}, notifier=RecordingNotifier())
+        Stuck().setServiceParent(root)
+        root.startService()
+        stopping = root.stopService()
+        self.assertNoResult(stopping)
+        reactor.advance(5)
+        self.successResultOf(stopping)
+
 
 class ReloadTests(SynchronousTestCase):
     """

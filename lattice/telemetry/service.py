@@ -32,7 +32,7 @@ class TelemetryService(MultiService):
     ):
         super().__init__()
         self.app = TelemetryApp(registry, readiness, node_id)
-        site = QuietSite(self.app.app.resource())
+        site = QuietSite(self.app.app.resource(), reactor=reactor)
         site.displayTracebacks = False
         self.listener = ListenerService(
             reactor,
