@@ -1,6 +1,9 @@
 """
 Start-up benchmark: time from exec to READY=1, and idle RSS, for a node on
-the embedded defaults (every listener on loopback, port 0).
+the embedded defaults: the shipped etc/lattice.ini (node, telemetry, KV,
+discovery and registry), with a fresh state directory and every TCP listener
+moved to port 0 through LATTICE_* overrides.  --minimal measures the node
+and telemetry alone.
 
     .venv/bin/python bench/startup.py [--runs N]
 
@@ -33,20 +36,30 @@ def _rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-def one_run(config_extra: str, idle: float) -> tuple[float, float]:
+PORT_ZERO = "tcp:0:interface=127.0.0.1"
+
+
+def one_run(minimal: bool, idle: float) -> tuple[float, float]:
     directory = Path(tempfile.mkdtemp(prefix="lattice-bench-"))
     try:
-        config = directory / "lattice.ini"
-        config.write_text(
-            "[node]\nstate_dir = state\n[telemetry]\nlisten = tcp:0:interface=127.0.0.1\n"
-            + config_extra
-        )
+        if minimal:
+            config = directory / "lattice.ini"
+            config.write_text(f"[node]\nstate_dir = state\n[telemetry]\nlisten = {PORT_ZERO}\n")
+        else:
+            config = ROOT / "etc" / "lattice.ini"
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify_path = str(directory / "notify")
         notify.bind(notify_path)
         notify.settimeout(30)
         environ = {k: v for k, v in os.environ.items() if not k.startswith("LATTICE_")}
-        environ.update(NOTIFY_SOCKET=notify_path, PYTHONPATH=str(ROOT))
+        environ.update(
+            NOTIFY_SOCKET=notify_path,
+            PYTHONPATH=str(ROOT),
+            LATTICE_NODE_STATE_DIR=str(directory / "state"),
+            LATTICE_TELEMETRY_LISTEN=PORT_ZERO,
+            LATTICE_KV_LISTEN=PORT_ZERO,
+            LATTICE_DISCOVERY_LISTEN=PORT_ZERO,
+        )
         started = time.perf_counter()
         process = subprocess.Popen(
             [TWISTD, "-n", "--pidfile=", "lattice", "--config", str(config)],
@@ -76,17 +89,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--idle", type=float, default=1.0, help="seconds idle before RSS")
-    parser.add_argument("--extra", default="", help="INI text appended to the config")
+    parser.add_argument("--minimal", action="store_true", help="node and telemetry only")
     args = parser.parse_args()
     readies, rsses = [], []
     print(f"{'run':>4} {'ready_ms':>9} {'rss_mb':>7}")
     for run in range(args.runs):
-        ready, rss = one_run(args.extra, args.idle)
+        ready, rss = one_run(args.minimal, args.idle)
         readies.append(ready)
         rsses.append(rss)
         print(f"{run + 1:>4} {ready:>9.0f} {rss:>7.1f}")
     print(
-        f"startup runs={args.runs} ready_ms_p50={statistics.median(readies):.0f} "
+        f"startup config={'minimal' if args.minimal else 'shipped'} runs={args.runs} "
+        f"ready_ms_p50={statistics.median(readies):.0f} "
         f"ready_ms_max={max(readies):.0f} rss_mb_p50={statistics.median(rsses):.1f} "
         f"rss_mb_max={max(rsses):.1f}"
     )
