@@ -36,6 +36,7 @@ from lattice.kv._quota import Quotas
 from lattice.kv._sqlite import SQLiteStorage
 from lattice.kv._storage import Storage, StoredState
 from lattice.kv._store import KVStore
+from lattice.kv._upstream import UpstreamApi, UpstreamPool, grpc_connector, upstream_services
 from lattice.listening import ListenerService, describe_address
 from lattice.readiness import Readiness
 from lattice.tls import ReloadingServerContext, TlsConfigurationError, TlsServerOptions
@@ -43,6 +44,7 @@ from lattice.tls import ReloadingServerContext, TlsConfigurationError, TlsServer
 __all__ = ["KVService", "member_id_of"]
 
 LEASE_CHECK_INTERVAL = 0.5
+UPSTREAM_PROBE_INTERVAL = 1.0  # how often the etcd backend checks the cluster can linearize
 PROGRESS_INTERVAL = 600.0  # etcd's default progress notification interval
 GRPC_OVERHEAD = 512 * 1024
 MAX_STREAMS = 100_000
@@ -137,8 +139,12 @@ class KVService(Service):
         fail: Callable[[str], None],
         storage: Storage | None = None,
         thread_pool: Any = None,
+        certificates: Any = None,
     ) -> None:
         self.config = config
+        # The node's [tls] certificate service: used when [kv] names no
+        # certificate of its own.
+        self._certificates = certificates
         self._reactor = reactor
         self._node = node
         self._readiness = readiness
@@ -150,11 +156,15 @@ class KVService(Service):
             self.path, self._call_from_thread, durability=config.durability
         )
         self._thread_pool = thread_pool
+        self._cluster = readiness.register("kv-cluster") if config.backend == "etcd" else None
+        self.upstream: UpstreamApi | None = None
+        self._probe: LoopingCall | None = None
         self.store: KVStore | None = None
         self.api: EtcdApi | None = None
         self.factory: GrpcServerFactory | None = None
         self.listener: ListenerService | None = None
         self._tls: Any = None
+        self._tls_shared = False
         self._expiry: LoopingCall | None = None
         self._progress: LoopingCall | None = None
         self._loading: Deferred[StoredState] | None = None
@@ -167,6 +177,18 @@ class KVService(Service):
         """The store's state, for the admin surface and ``lattice kv status``."""
         store, api = self.store, self.api
         port = self.when_listening()
+        if self.upstream is not None:
+            pool = self.upstream.pool
+            return {
+                "backend": "etcd",
+                "endpoints": [e.url for e in pool.endpoints],
+                "current": pool.endpoints[pool.current].url,
+                "can_linearize": pool.can_linearize,
+                "reachable": pool.reachable,
+                "listening": None if port is None else describe_address(port.getHost()),
+                "revision": self.upstream.mux.revision,
+                "upstream_watches": len(self.upstream.mux),
+            }
         size, in_use = self.storage.size() if store is not None else (0, 0)
         return {
             "path": str(self.path),
@@ -191,6 +213,9 @@ class KVService(Service):
 
     def startService(self) -> None:
         super().startService()
+        if self.config.backend == "etcd":
+            self._start_upstream()
+            return
         self._component.set_not_ready(f"loading {self.path}")
         self._loading = Deferred()
         loading = self._loading
@@ -256,6 +281,95 @@ class KVService(Service):
             member_name=node_id,
             client_urls=self._client_urls,
         )
+        if not self._listen(services(self.api)):
+            return
+        self._progress = LoopingCall(self.api.progress_tick)
+        self._progress.clock = self._reactor
+        self._progress.start(PROGRESS_INTERVAL, now=False)
+        self._expiry = LoopingCall(self._expire)
+        self._expiry.clock = self._reactor
+        self._expiry.start(LEASE_CHECK_INTERVAL, now=False)
+        self.listener.startService()  # type: ignore[union-attr]
+        self._log.info(
+            "KV store loaded from {path} at revision {revision} ({keys} keys)",
+            path=str(self.path),
+            revision=store.revision,
+            keys=len(store.mvcc),
+        )
+
+    def _start_upstream(self) -> None:
+        """``backend = etcd``: serve the API in front of the cluster (no local store)."""
+        config = self.config
+        cluster = self._cluster
+        assert cluster is not None
+        cluster.set_not_ready("connecting to the etcd cluster")
+
+        def on_state(can_linearize: bool, reachable: bool, detail: str) -> None:
+            if self._metrics is not None:
+                self._metrics.can_linearize.set(1 if can_linearize else 0)
+                self._metrics.cache_state.set(1 if reachable else 0)
+            if can_linearize:
+                cluster.set_ready(f"etcd cluster: {detail}")
+            elif reachable:
+                cluster.set_not_ready(
+                    f"etcd cluster: linearizability unavailable (no quorum or no leader; "
+                    f"serializable reads still served): {detail}"
+                )
+            else:
+                cluster.set_not_ready(f"etcd cluster: no member reachable: {detail}")
+
+        try:
+            pool = UpstreamPool(
+                self._reactor,
+                config.etcd_endpoints,
+                grpc_connector(
+                    self._reactor,
+                    ca=None if config.etcd_tls_ca is None else str(config.etcd_tls_ca),
+                    certificate=None
+                    if config.etcd_tls_certificate is None
+                    else str(config.etcd_tls_certificate),
+                    private_key=None if config.etcd_tls_key is None else str(config.etcd_tls_key),
+                    connect_timeout=min(config.upstream_timeout, 2.0),
+                ),
+                timeout=config.upstream_timeout,
+                on_state=on_state,
+            )
+        except ValueError as e:
+            self._fail(f"[kv] etcd_endpoints: {e}")
+            return
+        upstream = UpstreamApi(
+            pool,
+            Quotas(config.tenant_qps_limit, config.tenant_bytes_limit, self._reactor.seconds),
+            Limits(
+                max_request_bytes=config.max_request_bytes,
+                lease_ttl_default=int(config.lease_ttl_default),
+                lease_ttl_max=int(config.lease_ttl_max),
+                default_tenant=config.default_tenant,
+            ),
+            None,
+            self._reactor,
+        )
+        if self._metrics is None:
+            self._metrics = KVMetrics(
+                self._registry, lambda: upstream.mux.revision, lambda: len(upstream.lease_tenants)
+            )
+        upstream.metrics = self._metrics
+        self._metrics.can_linearize.set(0)
+        self._metrics.cache_state.set(0)
+        self.upstream = upstream
+        if not self._listen(upstream_services(upstream)):
+            return
+        self._probe = LoopingCall(lambda: Deferred.fromCoroutine(pool.probe()))
+        self._probe.clock = self._reactor
+        self._probe.start(UPSTREAM_PROBE_INTERVAL, now=True)
+        self.listener.startService()  # type: ignore[union-attr]
+        self._log.info(
+            "KV listener in front of the etcd cluster {endpoints}",
+            endpoints=", ".join(config.etcd_endpoints),
+        )
+
+    def _listen(self, implementations: dict[str, object]) -> bool:
+        """Build the gRPC factory and the listener (not started); False if TLS is broken."""
         size = self.config.max_request_bytes + GRPC_OVERHEAD
         self.factory = GrpcServerFactory(
             self._reactor,
@@ -268,7 +382,7 @@ class KVService(Service):
             ),
             http_fallback=health_site(self._readiness, self._reactor),
         )
-        for name, implementation in services(self.api).items():
+        for name, implementation in implementations.items():
             self.factory.add_service(rpc_pb2.DESCRIPTOR.services_by_name[name], implementation)
         protocol_factory: Any = self.factory
         if self.config.tls_certificate is not None:
@@ -284,15 +398,21 @@ class KVService(Service):
                 )
             except (TlsConfigurationError, ValueError) as e:
                 self._fail(f"[kv] tls_certificate: {e}")
-                return
+                return False
             self._tls.start()
             protocol_factory = self._tls.wrap(self.factory)
-        self._progress = LoopingCall(self.api.progress_tick)
-        self._progress.clock = self._reactor
-        self._progress.start(PROGRESS_INTERVAL, now=False)
-        self._expiry = LoopingCall(self._expire)
-        self._expiry.clock = self._reactor
-        self._expiry.start(LEASE_CHECK_INTERVAL, now=False)
+        elif self._certificates is not None:
+            try:
+                shared = self._certificates.server_context(
+                    client_ca=self.config.tls_client_ca,
+                    minimum_version=self.config.tls_minimum_version,
+                )
+            except (TlsConfigurationError, ValueError) as e:
+                self._fail(f"[kv] tls_client_ca: {e}")
+                return False
+            self._tls_shared = True
+            self._tls = shared
+            protocol_factory = shared.wrap(self.factory)
         self.listener = ListenerService(
             self._reactor,
             self.config.listen,
@@ -301,20 +421,14 @@ class KVService(Service):
             "[kv] listen",
             self._fail,
         )
-        self.listener.startService()
-        self._log.info(
-            "KV store loaded from {path} at revision {revision} ({keys} keys)",
-            path=str(self.path),
-            revision=store.revision,
-            keys=len(store.mvcc),
-        )
+        return True
 
     def _client_urls(self) -> list[str]:
         port = self.when_listening()
         if port is None:
             return []
         address = port.getHost()
-        scheme = "https" if self.config.tls_certificate is not None else "http"
+        scheme = "https" if self._tls is not None else "http"
         host = getattr(address, "host", "127.0.0.1")
         return [f"{scheme}://{host}:{getattr(address, 'port', 2379)}"]
 
@@ -340,10 +454,10 @@ class KVService(Service):
                 await self._loading
             except Exception:  # reported by _not_loaded
                 self._log.debug("KV store stopped while loading")
-        for loop in (self._expiry, self._progress):
+        for loop in (self._expiry, self._progress, self._probe):
             if loop is not None and loop.running:
                 loop.stop()
-        if self._tls is not None:
+        if self._tls is not None and not self._tls_shared:
             self._tls.stop()
         if self.listener is not None:
             stopped = self.listener.stopService()
@@ -351,6 +465,10 @@ class KVService(Service):
                 await stopped
         if self.factory is not None:
             await self.factory.drain(2.0)
+        if self.upstream is not None:
+            self.upstream.mux.stop()
+            self.upstream.pool.close()
+            return
         closed: Deferred[None] = Deferred()
         self.storage.close(lambda: closed.callback(None))
         await closed
