@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import CancelledError, Deferred
@@ -15,16 +15,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lattice._logging import LogControl, effective_level
-from lattice.acme import CertificateService
 from lattice.config import ConfigError, LatticeConfig, load_config
-from lattice.discovery import DiscoveryService
-from lattice.kv import KVService
 from lattice.node import NodeService
 from lattice.readiness import Readiness
-from lattice.registry import RegistryService
 from lattice.systemd import Notifier
 from lattice.telemetry import TelemetryService, new_registry
-from lattice.usb import UsbService
+
+if TYPE_CHECKING:
+    from lattice.acme import CertificateService
 
 __all__ = ["LatticeService", "make_lattice_service"]
 
@@ -197,7 +195,13 @@ def make_lattice_service(
         _add(root, "telemetry", telemetry)
 
     # The certificate of the public TLS listeners: before every listener that uses it.
+    # Each subsystem is imported only when enabled: a node that does not run
+    # the USB proxy or ACME does not pay for pyusb or certbot's acme in
+    # start-up time and memory.
+    tls: CertificateService | None = None
     if config.tls.enabled:
+        from lattice.acme import CertificateService  # noqa: PLC0415
+
         tls = CertificateService(
             config.tls,
             reactor,
@@ -210,6 +214,8 @@ def make_lattice_service(
         _add(root, "tls", tls)
 
     if config.kv.enabled:
+        from lattice.kv import KVService  # noqa: PLC0415
+
         kv = KVService(
             config.kv,
             reactor,
@@ -218,10 +224,13 @@ def make_lattice_service(
             readiness=root.readiness,
             metrics=root.metrics,
             fail=root.fail,
+            certificates=tls,
         )
         _add(root, "kv", kv)
 
     if config.discovery.enabled:
+        from lattice.discovery import DiscoveryService  # noqa: PLC0415
+
         discovery = DiscoveryService(
             config.discovery,
             config.node,
@@ -231,10 +240,13 @@ def make_lattice_service(
             metrics=root.metrics,
             fail=root.fail,
             environ=environ,
+            certificates=tls,
         )
         _add(root, "discovery", discovery)
 
     if config.usb.enabled:
+        from lattice.usb import UsbService  # noqa: PLC0415
+
         usb = UsbService(
             config.usb,
             reactor,
@@ -248,6 +260,8 @@ def make_lattice_service(
         _add(root, "usb", usb)
 
     if config.registry.enabled:
+        from lattice.registry import RegistryService  # noqa: PLC0415
+
         registry = RegistryService(
             config.registry,
             reactor,

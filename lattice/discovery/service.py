@@ -198,8 +198,15 @@ class DiscoveryService(Service):
         metrics: CollectorRegistry,
         fail: Callable[[str], None],
         environ: Mapping[str, str] | None = None,
+        certificates: Any = None,
     ):
+        """
+        @param certificates: the node's C{[tls]} certificate service
+            (L{lattice.acme.CertificateService}); when given, the public
+            listener serves HTTPS with its certificate.
+        """
         self._config = config
+        self._certificates = certificates
         self._state_dir = node_config.state_dir
         self._reactor = reactor
         self._node_service = node
@@ -262,9 +269,16 @@ class DiscoveryService(Service):
         store: SQLStore = await self._run_in_pool(open_store, config.database, self._state_dir)
         self._store = store
         public_site = limited_site(self._public_resource, config.max_body, self._reactor)
+        public_factory: Any = public_site
+        scheme = "http"
+        if self._certificates is not None:
+            public_factory = self._certificates.server_context(alpn=(b"http/1.1",)).wrap(
+                public_site
+            )
+            scheme = "https"
         try:
             port: IListeningPort = await serverFromString(self._reactor, config.listen).listen(
-                public_site
+                public_factory
             )
         except Exception as e:
             self._fail(f"[discovery] listen = {config.listen}: cannot listen: {e}")
@@ -276,7 +290,7 @@ class DiscoveryService(Service):
             host = getattr(address, "host", "127.0.0.1")
             host = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104 (a check)
             host = f"[{host}]" if ":" in host else host
-            endpoints = (f"http://{host}:{getattr(address, 'port', 0)}",)
+            endpoints = (f"{scheme}://{host}:{getattr(address, 'port', 0)}",)
         identity = self._node_service.identity
         webhook: Webhook | None = None
         if config.webhook_url:

@@ -195,7 +195,7 @@ class EtcdctlKVTests(SynchronousTestCase):
         self.kv.etcdctl("put", "k", "four", "--ignore-lease")
         body = self.json("get", "k")
         self.assertEqual(base64.b64decode(body["kvs"][0]["value"]), b"four")
-        self.assertEqual(format(body["kvs"][0]["lease"], "x"), lease)
+        self.assertEqual(format(body["kvs"][0]["lease"], "016x"), lease)
 
     def test_del(self) -> None:
         """del of one key, a prefix with --prev-kv, and --from-key."""
