@@ -12,12 +12,11 @@ thread pool once the node runs); no Twisted.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
-import tempfile
 from pathlib import Path
 
+from lattice import _files
 from lattice.acme._certs import generate_key_pem
 
 __all__ = ["StoreError", "ensure_directory", "load_or_create_key", "read_file", "write_atomically"]
@@ -53,44 +52,15 @@ def read_file(path: Path) -> bytes | None:
 
 def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
     """
-    Replace C{path} with C{data}: write a temporary file in the same directory,
-    fsync it, rename it over C{path} and fsync the directory.  Readers see the old
-    or the new contents, never a mixture; after a crash, one of the two.
+    Replace C{path} with C{data} atomically and durably (see
+    L{lattice._files.write_atomically}).
+
+    @raise StoreError: naming the file and the reason.
     """
-    directory = path.parent
     try:
-        fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+        _files.write_atomically(path, data, mode)
     except OSError as e:
-        raise StoreError(f"{directory}: cannot create a temporary file: {e.strerror}") from None
-    try:
-        try:
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
         raise StoreError(f"{path}: cannot write: {e.strerror}") from None
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load_or_create_key(path: Path) -> tuple[bytes, bool]:
@@ -114,7 +84,7 @@ def load_or_create_key(path: Path) -> tuple[bytes, bool]:
             os.fsync(f.fileno())
     except OSError as e:
         raise StoreError(f"{path}: cannot write: {e.strerror}") from None
-    _fsync_directory(path.parent)
+    _files.fsync_directory(path.parent)
     return key, True
 
 

@@ -7,11 +7,10 @@ file (mode 0600) under the state directory.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lattice import _files
 from lattice.registry._policy import Consent
 
 __all__ = ["LocalState", "LocalStateError", "write_atomically"]
@@ -90,14 +89,4 @@ class LocalState:
 def write_atomically(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` (mode 0600), durably: temporary file, fsync, rename."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    _files.write_atomically(path, data)
