@@ -89,7 +89,7 @@ class Node:
         config = directory / "lattice.ini"
         config.write_text(
             "[node]\nstate_dir = state\n[telemetry]\nenabled = false\n"
-            "[kv]\nlisten = tcp:0:interface=127.0.0.1\n"
+            "[kv]\nenabled = true\nlisten = tcp:0:interface=127.0.0.1\n"
             "[registry]\nenabled = true\n[log]\nlevel = info\n"
         )
         env = {
