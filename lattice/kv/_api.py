@@ -436,18 +436,15 @@ class KVService:
         return await api.unary("Compact", request, context, handle)
 
 
-class _WatchStream:
-    """One Watch call: its watchers and the queue of responses to send, in order."""
+class WatchResponseQueue:
+    """
+    The responses of one Watch call, sent in order by L{send_loop}; an empty
+    response pushed after C{done} is set ends the call.  Shared by the
+    embedded and the upstream (etcd cluster) Watch services.
+    """
 
-    def __init__(self, api: EtcdApi, caller: Caller, context: CallContext) -> None:
-        self.api = api
-        self.caller = caller
+    def __init__(self, context: CallContext) -> None:
         self.context = context
-        self.watchers: dict[int, Watcher] = {}
-        self.prev_kv: dict[int, bool] = {}
-        self.progress_notify: set[int] = set()
-        self.quiet: set[int] = set()
-        self.next_id = 0
         self.outgoing: deque[rpc_pb2.WatchResponse] = deque()
         self.wake: Deferred[None] | None = None
         self.done = False
@@ -457,6 +454,32 @@ class _WatchStream:
         if self.wake is not None:
             wake, self.wake = self.wake, None
             wake.callback(None)
+
+    async def send_loop(self) -> None:
+        while True:
+            while self.outgoing:
+                response = self.outgoing.popleft()
+                if self.done and not self.outgoing and response.ByteSize() == 0:
+                    return
+                await self.context.send(response)
+            if self.done:
+                return
+            self.wake = Deferred()
+            await self.wake
+
+
+class _WatchStream(WatchResponseQueue):
+    """One Watch call: its watchers and the queue of responses to send, in order."""
+
+    def __init__(self, api: EtcdApi, caller: Caller, context: CallContext) -> None:
+        super().__init__(context)
+        self.api = api
+        self.caller = caller
+        self.watchers: dict[int, Watcher] = {}
+        self.prev_kv: dict[int, bool] = {}
+        self.progress_notify: set[int] = set()
+        self.quiet: set[int] = set()
+        self.next_id = 0
 
     def events(self, watcher: Watcher, events: list[Event]) -> None:
         watch_id = watcher.tag
@@ -568,18 +591,6 @@ class _WatchStream:
         self.watchers.clear()
         self.done = True
         self.push(rpc_pb2.WatchResponse())
-
-    async def send_loop(self) -> None:
-        while True:
-            while self.outgoing:
-                response = self.outgoing.popleft()
-                if self.done and not self.outgoing and response.ByteSize() == 0:
-                    return
-                await self.context.send(response)
-            if self.done:
-                return
-            self.wake = Deferred()
-            await self.wake
 
 
 class WatchService:

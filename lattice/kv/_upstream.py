@@ -15,7 +15,6 @@ unavailable"; serializable ranges are retried on any member that answers.
 from __future__ import annotations
 
 import contextlib
-from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -42,6 +41,7 @@ from lattice.kv._api import (
     Caller,
     EtcdApi,
     Limits,
+    WatchResponseQueue,
     _check_txn_permissions,
     _map_delete,
     _map_range,
@@ -729,18 +729,15 @@ class UpstreamKV:
         return await api.unary("Compact", request, context, handle)
 
 
-class _UpstreamWatchStream:
+class _UpstreamWatchStream(WatchResponseQueue):
     """One client Watch call: its watches, fed by the shared upstream watches."""
 
     def __init__(self, api: UpstreamApi, caller: Caller, context: CallContext) -> None:
+        super().__init__(context)
         self.api = api
         self.caller = caller
-        self.context = context
         self.watches: dict[int, Any] = {}
         self.next_id = 0
-        self.outgoing: deque[rpc_pb2.WatchResponse] = deque()
-        self.wake: Deferred[None] | None = None
-        self.done = False
 
     def deliver(self, watch_id: int, response: rpc_pb2.WatchResponse) -> None:
         if watch_id not in self.watches:
@@ -748,12 +745,6 @@ class _UpstreamWatchStream:
         if response.canceled:
             self.watches.pop(watch_id, None)
         self.push(response)
-
-    def push(self, response: rpc_pb2.WatchResponse) -> None:
-        self.outgoing.append(response)
-        if self.wake is not None:
-            wake, self.wake = self.wake, None
-            wake.callback(None)
 
     async def create(self, request: rpc_pb2.WatchCreateRequest) -> None:
         caller = self.caller
@@ -824,18 +815,6 @@ class _UpstreamWatchStream:
             if shared is not None:
                 await self.api.mux.unsubscribe(shared, self, watch_id)
         self.push(rpc_pb2.WatchResponse())
-
-    async def send_loop(self) -> None:
-        while True:
-            while self.outgoing:
-                response = self.outgoing.popleft()
-                if self.done and not self.outgoing and response.ByteSize() == 0:
-                    return
-                await self.context.send(response)
-            if self.done:
-                return
-            self.wake = Deferred()
-            await self.wake
 
 
 class UpstreamWatch:
