@@ -110,6 +110,29 @@ def _identity_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _identity_rotate(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if not config.discovery.enabled:
+        raise CommandError(
+            "identity rotate: the running node rotates its key through discovery, which "
+            "broadcasts the rotation, and [discovery] enabled = false; with no peers to tell, "
+            "stop the node and replace the key file instead"
+        )
+    status, body = admin_request(config, "POST", "/api/v1/identity/rotate", {})
+    if status >= 400:
+        error = body.get("error") if isinstance(body, dict) else None
+        raise CommandError(f"identity rotate: HTTP {status}: {error or body}")
+    if not isinstance(body, dict):
+        raise CommandError(f"identity rotate: unexpected answer (HTTP {status})")
+    print(f"node_id: {body.get('node_id')} (was {body.get('old_node_id')})")
+    print(f"key_id: {body.get('new_key_id')} (was {body.get('old_key_id')})")
+    print(f"fingerprint: {body.get('fingerprint')}")
+    print(f"server_uuid: {body.get('server_uuid')} (unchanged)")
+    print(f"key file: {body.get('key_path')} (old key kept in {body.get('previous_key_path')})")
+    print(f"rotation sent to {body.get('broadcast_to')} of {body.get('peers')} peers")
+    return 0
+
+
 def telemetry_request(config: LatticeConfig, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
     """
     GET C{path} from the node's telemetry listener; returns status and body.
@@ -279,6 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--key", help="create this key file instead of the configured one")
     init.add_argument("--config", "-c", default=argparse.SUPPRESS, help="INI file")
     init.set_defaults(handler=_identity_init)
+    rotate = identity_commands.add_parser(
+        "rotate",
+        help="give the running node a new key; the rotation, signed by the old key, "
+        "is sent to its peers",
+    )
+    rotate.add_argument("--config", "-c", default=argparse.SUPPRESS, help="INI file")
+    rotate.set_defaults(handler=_identity_rotate)
 
     status = commands.add_parser("status", help="show readiness; exit 1 when not ready")
     status.add_argument("--json", action="store_true", help="print the raw /readyz document")

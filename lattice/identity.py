@@ -10,6 +10,9 @@ The node id is derived from the raw 32-byte public key: the lowercase base32
 form of the first 16 bytes of its SHA-256 digest (26 characters).  The
 fingerprint is the full SHA-256 digest in hex; the key id names the key for
 signatures and rotation (C{ed25519:} and the first 16 hex digits).
+
+L{rotate_identity_file} replaces the key of a running node in place (the old
+key is kept as C{<path>.previous}); the node id follows the new key.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 __all__ = [
     "IdentityError",
+    "IdentityReadOnlyError",
     "NodeIdentity",
     "PublicIdentity",
     "create_identity_file",
@@ -39,6 +43,8 @@ __all__ = [
     "load_identity",
     "load_or_create_identity",
     "node_id_of",
+    "previous_key_path",
+    "rotate_identity_file",
 ]
 
 CREDENTIAL_NAME = "private_key"
@@ -47,6 +53,13 @@ CREDENTIAL_NAME = "private_key"
 class IdentityError(Exception):
     """
     The identity key cannot be used; the message names the file and the reason.
+    """
+
+
+class IdentityReadOnlyError(IdentityError):
+    """
+    The running identity does not come from the key file (a systemd
+    credential, or memory): it cannot be rotated in place.
     """
 
 
@@ -271,3 +284,76 @@ def load_or_create_identity(
     if not os.path.lexists(path):
         return create_identity_file(path), True
     return load_identity(path), False
+
+
+def previous_key_path(path: Path) -> Path:
+    """
+    Where L{rotate_identity_file} keeps the key it replaced: C{<path>.previous}.
+    """
+    return path.with_name(path.name + ".previous")
+
+
+def _replace_private_file(path: Path, data: bytes) -> None:
+    """
+    Atomically make C{path} a 0600 file holding C{data}: a temporary file
+    opened C{O_EXCL} with mode 0600, written and synced, renamed over C{path}.
+    """
+    temporary = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        fd = os.open(
+            temporary,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+        )
+    except OSError as e:
+        raise IdentityError(f"{temporary}: cannot create key file: {e.strerror}") from None
+    try:
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+    except OSError as e:
+        raise IdentityError(f"{path}: cannot write key file: {e.strerror}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+
+
+def rotate_identity_file(path: Path, current: NodeIdentity) -> NodeIdentity:
+    """
+    Replace the key at C{path} (which must hold C{current}) by a new one.
+
+    The old key is first stored as C{<path>.previous} (0600, replacing an
+    older one), then the new key is renamed over C{path}; both files are
+    created 0600 by C{open} and synced before the rename, so at every moment
+    C{path} holds either the old or the new key, complete, and the old key is
+    never lost.
+
+    @return: the new identity (its C{source} is C{path}).
+    @raise IdentityReadOnlyError: C{current} was not loaded from C{path}
+        (it comes from C{$CREDENTIALS_DIRECTORY}): rotate the credential.
+    @raise IdentityError: C{path} holds another key, or cannot be written.
+    """
+    if current.source != str(path):
+        if current.source.startswith("credential "):
+            raise IdentityReadOnlyError(
+                f"the identity key comes from the systemd {current.source}, which is "
+                "read-only: rotate the credential instead (and restart the node)"
+            )
+        raise IdentityReadOnlyError(
+            f"the identity key comes from {current.source}, not from {path}: "
+            "it cannot be rotated there"
+        )
+    on_disk = load_identity(path)
+    if on_disk.public_key != current.public_key:
+        raise IdentityError(
+            f"{path}: holds key {on_disk.key_id}, not the running key {current.key_id}; "
+            "refusing to overwrite it"
+        )
+    new = NodeIdentity(Ed25519PrivateKey.generate(), str(path))
+    _replace_private_file(previous_key_path(path), current.private_pem())
+    _replace_private_file(path, new.private_pem())
+    _fsync_directory(path.parent)
+    return new

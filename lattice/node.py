@@ -72,6 +72,25 @@ class NodeService(MultiService):
             raise RuntimeError("the node identity is loaded when the node service starts")
         return self._identity
 
+    def swap_identity(self, identity: NodeIdentity) -> None:
+        """
+        Use C{identity} from now on (after a key rotation): the node id, the
+        readiness detail and C{/readyz} follow the new key.
+        """
+        if self._identity is None:
+            raise RuntimeError("the node identity is loaded when the node service starts")
+        previous, self._identity = self._identity, identity
+        self._log.info(
+            "Node identity {old_node_id} ({old_key_id}) replaced by {node_id} ({key_id}) from "
+            "{source}",
+            old_node_id=previous.node_id,
+            old_key_id=previous.key_id,
+            node_id=identity.node_id,
+            key_id=identity.key_id,
+            source=identity.source,
+        )
+        self._component.set_ready(f"node id {identity.node_id}")
+
     def node_id(self) -> str | None:
         """
         The node id, or C{None} before the identity is loaded.

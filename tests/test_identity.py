@@ -16,12 +16,15 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lattice.identity import (
     IdentityError,
+    IdentityReadOnlyError,
     NodeIdentity,
     PublicIdentity,
     create_identity_file,
     load_identity,
     load_or_create_identity,
     node_id_of,
+    previous_key_path,
+    rotate_identity_file,
 )
 
 
@@ -164,3 +167,84 @@ class FileTests(SynchronousTestCase):
         with self.assertRaises(IdentityError) as raised:
             load_or_create_identity(self.path, environ={"CREDENTIALS_DIRECTORY": str(credentials)})
         self.assertIn("credential private_key", str(raised.exception))
+
+
+class RotationFileTests(SynchronousTestCase):
+    """
+    L{rotate_identity_file} swaps the key file atomically and keeps the old key.
+    """
+
+    def setUp(self) -> None:
+        self.path = Path(self.mktemp()).absolute() / "private_key.pem"
+        self.old = create_identity_file(self.path)
+
+    def mode(self, path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    def test_rotate(self) -> None:
+        """
+        The new key replaces the file (0600) and the old one is kept in
+        C{<path>.previous} (0600); no temporary file is left behind.
+        """
+        new = rotate_identity_file(self.path, self.old)
+        self.assertNotEqual(new.public_key, self.old.public_key)
+        self.assertEqual(new.source, str(self.path))
+        self.assertNotEqual(new.node_id, self.old.node_id)
+        previous = previous_key_path(self.path)
+        self.assertEqual(previous, self.path.with_name("private_key.pem.previous"))
+        self.assertEqual(load_identity(self.path).public_key, new.public_key)
+        self.assertEqual(load_identity(previous).public_key, self.old.public_key)
+        self.assertEqual((self.mode(self.path), self.mode(previous)), (0o600, 0o600))
+        self.assertEqual(
+            sorted(p.name for p in self.path.parent.iterdir()),
+            ["private_key.pem", "private_key.pem.previous"],
+        )
+
+    def test_rotate_twice(self) -> None:
+        """
+        A second rotation keeps the key it replaced, not the first one.
+        """
+        second = rotate_identity_file(self.path, self.old)
+        third = rotate_identity_file(self.path, second)
+        self.assertEqual(load_identity(self.path).public_key, third.public_key)
+        previous = previous_key_path(self.path)
+        self.assertEqual(load_identity(previous).public_key, second.public_key)
+
+    def test_credential_refused(self) -> None:
+        """
+        A key from C{$CREDENTIALS_DIRECTORY} is read-only: the rotation is
+        refused with a message saying to rotate the credential, and nothing is
+        written.
+        """
+        credentials = Path(self.mktemp())
+        credentials.mkdir()
+        (credentials / "private_key").write_bytes(NodeIdentity.generate().private_pem())
+        identity, _ = load_or_create_identity(
+            self.path, environ={"CREDENTIALS_DIRECTORY": str(credentials)}
+        )
+        with self.assertRaises(IdentityReadOnlyError) as raised:
+            rotate_identity_file(self.path, identity)
+        self.assertIn("rotate the credential", str(raised.exception))
+        self.assertEqual(load_identity(self.path).public_key, self.old.public_key)
+        self.assertFalse(previous_key_path(self.path).exists())
+
+    def test_memory_identity_refused(self) -> None:
+        """
+        An identity not loaded from the key file is not rotated into it.
+        """
+        self.assertRaises(
+            IdentityReadOnlyError, rotate_identity_file, self.path, NodeIdentity.generate()
+        )
+
+    def test_replaced_file_refused(self) -> None:
+        """
+        When the file no longer holds the running key, it is not overwritten.
+        """
+        other = self.path.with_name("other.pem")
+        intruder = create_identity_file(other)
+        os.replace(other, self.path)
+        with self.assertRaises(IdentityError) as raised:
+            rotate_identity_file(self.path, self.old)
+        self.assertIn("refusing to overwrite", str(raised.exception))
+        self.assertEqual(load_identity(self.path).public_key, intruder.public_key)
+        self.assertFalse(previous_key_path(self.path).exists())

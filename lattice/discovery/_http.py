@@ -241,9 +241,19 @@ class AdminApp:
     app = Klein()
     _log = Logger()
 
-    def __init__(self, node: DiscoveryNode, jobs: dict[str, Callable[[], Awaitable[Any]]]):
+    def __init__(
+        self,
+        node: DiscoveryNode,
+        jobs: dict[str, Callable[[], Awaitable[Any]]],
+        rotate: Callable[[], Awaitable[Any]] | None = None,
+    ):
+        """
+        @param rotate: rotates the node's key (L{lattice.discovery._rotation.KeyRotator});
+            without it, C{POST /api/v1/identity/rotate} answers 503.
+        """
         self.node = node
         self._jobs = jobs
+        self._rotate = rotate
 
     async def _call(self, request: IRequest, action: Callable[[], Awaitable[Any]]) -> bytes:
         try:
@@ -272,6 +282,13 @@ class AdminApp:
     @app.route("/api/v1/identity", methods=["GET"])
     async def identity(self, request: IRequest) -> bytes:
         return _json(request, self.node.identity_document())
+
+    @app.route("/api/v1/identity/rotate", methods=["POST"])
+    async def rotate_identity(self, request: IRequest) -> bytes:
+        rotate = self._rotate
+        if rotate is None:
+            return _error(request, 503, "key rotation is not available on this listener")
+        return await self._call(request, rotate)
 
     @app.route("/api/v1/announce", methods=["POST"])
     async def announce(self, request: IRequest) -> bytes:

@@ -383,6 +383,16 @@ class DiscoveryNode:
             store = self._store
             assert store is not None
             uuid = await self._db(store.get_meta, "server_uuid")
+            events = await self._db(store.load_events)
+            if uuid is not None and uuid != self.server_uuid and self._rotated_to_us(uuid, events):
+                # the key was rotated: the server keeps the uuid of its first key
+                self._log.info(
+                    "Server uuid {uuid} kept: the store holds its rotation to key {key_id}",
+                    uuid=uuid,
+                    key_id=self._identity.key_id,
+                )
+                self.server_uuid = uuid
+                self.table.own_uuid = uuid
             if uuid is None:
                 await self._db(store.set_meta, "server_uuid", self.server_uuid)
                 await self._db(store.set_meta, "created_at", str(now))
@@ -399,8 +409,11 @@ class DiscoveryNode:
             name = await self._db(store.get_meta, "server_name")
             if name and not self.settings.server_name:
                 self.server_name = name
-            for event in await self._db(store.load_events):
-                self.table.apply_events([event], now)
+            for event in events:
+                if event.get("server_uuid") == self.server_uuid:
+                    self._keep_own_event(event)
+                else:
+                    self.table.apply_events([event], now)
             for row in await self._db(store.load_peers):
                 try:
                     self.table.add_trusted(check_peer_record(row.record))
@@ -414,6 +427,27 @@ class DiscoveryNode:
         else:
             self.created_at = now
         await self._resign()
+
+    def _rotated_to_us(self, uuid: str, events: list[dict[str, Any]]) -> bool:
+        """
+        Whether the stored C{events} hold a rotation of C{uuid} to this key.
+        """
+        return any(
+            event.get("kind") == "rotation"
+            and event.get("server_uuid") == uuid
+            and event.get("new_key_id") == self._identity.key_id
+            for event in events
+        )
+
+    def _keep_own_event(self, event: dict[str, Any]) -> None:
+        """
+        Pass on this server's own stored rotations and revocations again (the
+        table only applies other servers' events).
+        """
+        if event.get("kind") == "rotation":
+            self.table.rotations[f"{self.server_uuid}/{event.get('old_key_id')}"] = event
+        elif event.get("kind") == "revocation" and isinstance(event.get("key_id"), str):
+            self.table.revocations[event["key_id"]] = event
 
     async def _resign(self) -> None:
         now = self.now()

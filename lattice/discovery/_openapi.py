@@ -218,6 +218,14 @@ def openapi_document() -> dict[str, Any]:
         },
         "/openapi.json": {"get": _op("This document", "public", _ok(_OBJ), errors=())},
         "/health": {"get": _op("Health of the subsystem", "admin", _ok(_HEALTH), errors=())},
+        "/api/v1/identity/rotate": {
+            "post": _op(
+                "Rotate the node's key: the rotation is signed by the old key and broadcast",
+                "admin",
+                _ok(_OBJ),
+                errors=("409", "500", "503"),
+            )
+        },
         "/api/v1/announce": {
             "post": _op(
                 "Run a gossip round (one per minute unless forced)",

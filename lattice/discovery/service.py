@@ -28,6 +28,7 @@ from lattice.discovery._client import HTTPTransport, HTTPWebhook, thread_resolve
 from lattice.discovery._http import AdminApp, PrefixedResource, PublicApp, limited_site
 from lattice.discovery._netpolicy import ForwardedPolicy
 from lattice.discovery._node import DiscoveryNode, Settings, Webhook, parse_bootstrap
+from lattice.discovery._rotation import KeyRotator
 from lattice.discovery._store import SQLStore, open_store
 from lattice.listening import describe_address
 from lattice.readiness import Readiness
@@ -208,6 +209,7 @@ class DiscoveryService(Service):
         self._config = config
         self._certificates = certificates
         self._state_dir = node_config.state_dir
+        self._key_path = node_config.identity_key_path
         self._reactor = reactor
         self._node_service = node
         self._fail = fail
@@ -344,7 +346,8 @@ class DiscoveryService(Service):
             "process_messages": lambda: _as_coroutine(node.process_messages()),
             "cleanup": node.cleanup,
         }
-        admin = AdminApp(node, jobs)
+        rotator = KeyRotator(self._node_service, node, self._key_path, self._run_in_pool)
+        admin = AdminApp(node, jobs, rotate=rotator.rotate)
         self._public_resource.target = public.app.resource()
         self._admin_resource.target = admin.app.resource()
         node.listeners["public"] = describe_address(port.getHost())
