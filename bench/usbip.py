@@ -215,11 +215,13 @@ def main() -> int:
     try:
         measured = {kind: Measured(port) for kind, (_, port) in servers.items()}
         # Slices alternate between the two servers so that both see the
-        # same machine load (this host is shared and noisy).
-        for _ in range(SLICES):
-            for kind in ("lattice", "reference"):
+        # same machine load (this host is shared and noisy), and which one
+        # goes first alternates too, so that neither always follows the other.
+        for index in range(SLICES):
+            order = ("lattice", "reference") if index % 2 == 0 else ("reference", "lattice")
+            for kind in order:
                 measured[kind].round_trips(RTT_URBS // SLICES // 2)
-            for kind in ("lattice", "reference"):
+            for kind in order:
                 measured[kind].bulk(BULK_SECONDS / SLICES)
         for kind, m in measured.items():
             m.handle.close()

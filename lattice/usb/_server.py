@@ -484,9 +484,12 @@ class UsbipProtocol(Protocol):
             if result.status == _ENODEV and self._export is not None:
                 self.factory.registry.drop(self._export.info.busid, "device reports ENODEV")
             return
-        # The common case, kept flat: it runs once per transfer.
+        # The common case, kept flat: it runs once per transfer.  The reply
+        # goes out before the metrics are counted: the client is waiting for
+        # it, the counters are not.
         status = result.status
-        if urb.is_in:
+        is_in = urb.is_in
+        if is_in:
             data = result.data
             size = len(data)
             if size > urb.length:
@@ -495,13 +498,11 @@ class UsbipProtocol(Protocol):
                 status = status or _EOVERFLOW
             elif size < urb.length and urb.transfer_flags & URB_SHORT_NOT_OK:
                 status = status or _EREMOTEIO
-            self._observe(status, size, 0)
             reply = _RET_HEADER(3, urb.seqnum, 0, 0, 0, status, size, result.start_frame, 0, 0)
             if size:
                 reply += data
         else:
             size = result.actual_length
-            self._observe(status, 0, size)
             reply = _RET_HEADER(3, urb.seqnum, 0, 0, 0, status, size, result.start_frame, 0, 0)
         sock = self._socket
         if sock is not None and not self._backlog:
@@ -509,11 +510,15 @@ class UsbipProtocol(Protocol):
                 sent = sock.send(reply)
             except OSError:
                 sent = 0
-            if sent == len(reply):
-                return
-            reply = reply[sent:]
-            self._backlog = True
-        self._t.write(reply)
+            if sent != len(reply):
+                self._backlog = True
+                self._t.write(reply[sent:])
+        else:
+            self._t.write(reply)
+        if is_in:
+            self._observe(status, size, 0)
+        else:
+            self._observe(status, 0, size)
 
     def _reply(self, urb: Urb, result: UrbResult) -> None:
         if urb.is_in:
