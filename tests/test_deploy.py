@@ -38,6 +38,7 @@ from socketserver import UnixStreamServer
 from twisted.trial import unittest
 
 from lattice.config import load_config
+from tests.integration._daemon import short_directory
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 DEPLOY = CHECKOUT / "deploy"
@@ -677,8 +678,8 @@ class NginxTests(unittest.TestCase):
 
     def setUp(self) -> None:
         self.nginx = _require("nginx")
-        self.directory = Path(self.mktemp()).absolute()
-        self.directory.mkdir(parents=True)
+        # nginx and the echo server listen on unix sockets under it.
+        self.directory = short_directory(self)
 
     def test_config_test(self) -> None:
         """
