@@ -270,7 +270,8 @@ def make_lattice_service(
             readiness=root.readiness,
             metrics=root.metrics,
             fail=root.fail,
-            kv=kv if config.kv.enabled else None,
+            kv=kv if config.kv.enabled and config.kv.backend != "etcd" else None,
+            cluster=kv if config.kv.enabled and config.kv.backend == "etcd" else None,
             tenant=config.kv.default_tenant,
             environ=environ,
         )

@@ -392,6 +392,41 @@ class UpstreamPool:
                     _path(_KV, "Range"), request, rpc_pb2.RangeResponse, linearizable=False
                 )
 
+    async def keep_alive(self, lease_id: int) -> int:
+        """
+        Renew a lease once (a one-request ``LeaseKeepAlive`` stream), failing over like
+        :meth:`call`; returns the TTL the cluster granted, ``0`` if the lease is gone.
+        """
+        path = _path(_LEASE, "LeaseKeepAlive")
+        last = "no member reachable"
+        for index in self.order():
+            endpoint = self.endpoints[index]
+            call: ClientCall[rpc_pb2.LeaseKeepAliveResponse] | None = None
+            try:
+                channel = await self.channel(index)
+                call = channel.stream_stream(
+                    path,
+                    rpc_pb2.LeaseKeepAliveResponse,
+                    timeout=self.timeout,
+                    metadata=REQUIRE_LEADER,
+                )
+                await call.send(rpc_pb2.LeaseKeepAliveRequest(ID=lease_id))
+                response = await call.receive()
+            except (GrpcError, ConnectionError, OSError) as e:
+                last = f"{endpoint.url}: {e}"
+                if self.current == index:
+                    self.current = (index + 1) % len(self.endpoints)
+                continue
+            finally:
+                if call is not None:
+                    call.cancel()
+            if response is None:
+                last = f"{endpoint.url}: keep-alive stream ended"
+                continue
+            self.current = index
+            return int(response.TTL)
+        raise _unavailable(f"lease keep-alive: {last}")
+
     def close(self) -> None:
         """Close every connection."""
         self.closed = True

@@ -4,6 +4,7 @@ The service registry: descriptors, consent, the reconciler and daemon supervisio
 See ``docs/registry.rst``.
 """
 
+from lattice.registry._cluster import ClusterStoreAdapter
 from lattice.registry._descriptor import (
     KERNEL_SERVICES,
     IServiceDescriptor,
@@ -30,6 +31,7 @@ from lattice.registry.service import RegistryService
 __all__ = [
     "KERNEL_SERVICES",
     "Child",
+    "ClusterStoreAdapter",
     "Consent",
     "Decision",
     "EntryInvalid",

@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from twisted.application.service import MultiService
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -23,19 +24,21 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import IResource
 
 from lattice.config import NodeConfig, RegistryConfig
-from lattice.grpc import GrpcServerFactory, GrpcServerOptions
+from lattice.grpc import GrpcError, GrpcServerFactory, GrpcServerOptions
 from lattice.kv import KVStore
+from lattice.kv._upstream import UpstreamApi
 from lattice.listening import ListenerService
 from lattice.lsp import LspServer, TokenBook, add_lsp_services
 from lattice.readiness import Component, Readiness
 from lattice.registry._admin import RegistryAdmin
 from lattice.registry._advertise import Advertiser
+from lattice.registry._cluster import ClusterStoreAdapter
 from lattice.registry._descriptor import IServiceDescriptor, load_descriptors
 from lattice.registry._embedded import EmbeddedStore
 from lattice.registry._local import LocalState, LocalStateError, write_atomically
 from lattice.registry._policy import REGISTRY_PREFIX, Consent, ServiceEntry
 from lattice.registry._reconciler import Reconciler
-from lattice.registry._store import KeyValueStore, KVStoreAdapter, StoreEvent
+from lattice.registry._store import KeyValueStore, KVStoreAdapter, StoredValue, StoreEvent
 from lattice.registry._supervisor import InstanceKey, ProcessSupervisor
 
 __all__ = ["LOCAL_STORE", "RegistryService", "child_address"]
@@ -43,6 +46,8 @@ __all__ = ["LOCAL_STORE", "RegistryService", "child_address"]
 LOCAL_STORE = "local"
 # How long stopping waits for the store to confirm the advertisements' withdrawal.
 STOP_STORE_TIMEOUT = 2.0
+# How often the first read of the registry is retried while the shared cluster is unavailable.
+CLUSTER_RETRY_INTERVAL = 1.0
 
 # What a daemon inherits from the node's environment; everything else (credentials, the
 # notify socket, LATTICE_* overrides) stays behind.
@@ -75,6 +80,13 @@ class _KvOwner(Protocol):
 
     @property
     def store(self) -> KVStore | None: ...
+
+
+class _ClusterOwner(Protocol):
+    """The KV service with ``backend = etcd``: its ``upstream`` is set once started."""
+
+    @property
+    def upstream(self) -> UpstreamApi | None: ...
 
 
 def child_address(address: object) -> str:
@@ -148,6 +160,8 @@ class RegistryService(MultiService):
     """
     :param kv: the KV service whose store holds the registry; ``None`` uses an embedded
         store of the registry's own (``[registry] database``).
+    :param cluster: the KV service when it runs in front of an etcd cluster
+        (``[kv] backend = etcd``): the registry then uses the cluster, shared by every node.
     :param descriptors: the installed services (default: the ``lattice.plugins`` plugins).
     :param tenant: the KV tenant the registry's keys live in (the etcd API's default tenant).
     """
@@ -165,6 +179,7 @@ class RegistryService(MultiService):
         metrics: CollectorRegistry | None,
         fail: Callable[[str], None],
         kv: _KvOwner | None = None,
+        cluster: _ClusterOwner | None = None,
         tenant: str = "default",
         descriptors: Mapping[str, IServiceDescriptor] | None = None,
         python: str = sys.executable,
@@ -178,6 +193,7 @@ class RegistryService(MultiService):
         self._readiness = readiness
         self._fail = fail
         self._kv = kv
+        self._cluster = cluster
         self._tenant = tenant
         self._python = python
         self._environ = os.environ if environ is None else environ
@@ -221,7 +237,7 @@ class RegistryService(MultiService):
         )
         self.lsp_listener.setServiceParent(self)
         self.embedded: EmbeddedStore | None = None
-        if kv is None:
+        if kv is None and cluster is None:
             self.embedded = EmbeddedStore(
                 reactor, config.database_path(node_config.state_dir), threadpool
             )
@@ -274,9 +290,10 @@ class RegistryService(MultiService):
             return
         self.lsp_address = child_address(port.getHost())
         self.stores[LOCAL_STORE] = store
-        values, revision = await store.range(REGISTRY_PREFIX.encode())
-        if not self.running:
+        read = await self._read_registry(store)
+        if read is None or not self.running:
             return  # stopped while reading
+        values, revision = read
         entries = {}
         for value in values:
             service_id = _service_of(value.key)
@@ -303,9 +320,31 @@ class RegistryService(MultiService):
             ids=", ".join(sorted(self.descriptors)) or "none",
         )
 
+    async def _read_registry(self, store: KeyValueStore) -> tuple[list[StoredValue], int] | None:
+        """
+        ``/services/`` and its revision.  The shared cluster may be briefly unreachable (no
+        quorum, members restarting): keep trying while running rather than fail the node.
+        """
+        while True:
+            try:
+                return await store.range(REGISTRY_PREFIX.encode())
+            except GrpcError as e:
+                if self._cluster is None:
+                    raise
+                self._component.set_not_ready(f"cannot read the registry: {e.message}")
+                self._log.warn("Cannot read the registry, retrying: {error}", error=e.message)
+            await deferLater(self._reactor, CLUSTER_RETRY_INTERVAL)
+            if not self.running:
+                return None
+
     async def _open_store(self) -> KeyValueStore:
         if self.embedded is not None:
             return await self.embedded.when_ready()
+        if self._cluster is not None:
+            upstream = self._cluster.upstream
+            if upstream is None:
+                raise RuntimeError("the KV service is not connected to the etcd cluster")
+            return ClusterStoreAdapter(upstream, self._tenant)
         assert self._kv is not None
         kv = self._kv
         if kv.store is None:
