@@ -303,20 +303,31 @@ class KVService(Service):
         cluster = self._cluster
         assert cluster is not None
         cluster.set_not_ready("connecting to the etcd cluster")
+        # What the operator was last told about the cluster: (can_linearize, reachable).
+        told: list[tuple[bool, bool]] = []
 
         def on_state(can_linearize: bool, reachable: bool, detail: str) -> None:
             if self._metrics is not None:
                 self._metrics.can_linearize.set(1 if can_linearize else 0)
                 self._metrics.cache_state.set(1 if reachable else 0)
             if can_linearize:
-                cluster.set_ready(f"etcd cluster: {detail}")
+                message = f"etcd cluster: {detail}"
+                cluster.set_ready(message)
             elif reachable:
-                cluster.set_not_ready(
+                message = (
                     f"etcd cluster: linearizability unavailable (no quorum or no leader; "
                     f"serializable reads still served): {detail}"
                 )
+                cluster.set_not_ready(message)
             else:
-                cluster.set_not_ready(f"etcd cluster: no member reachable: {detail}")
+                message = f"etcd cluster: no member reachable: {detail}"
+                cluster.set_not_ready(message)
+            if told[-1:] != [(can_linearize, reachable)]:
+                told[:] = [(can_linearize, reachable)]
+                if can_linearize:
+                    self._log.info("{message}", message=message)
+                else:
+                    self._log.warn("{message}", message=message)
 
         try:
             pool = UpstreamPool(

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,12 @@ class KVDaemon:
         self.port = 0
         self.output: list[bytes] = []
 
-    def start(self, timeout: float = 30.0) -> int:
-        """Start the daemon; return the KV port once it is ready."""
+    def start(self, timeout: float = 30.0, ready: re.Pattern[bytes] = READY) -> int:
+        """
+        Start the daemon; return the KV port once a line matches ``ready`` (by default,
+        once the node is ready).  A pattern without a group leaves ``port`` as the caller
+        set it (for a node that is expected never to become ready).
+        """
         self.output = []
         process = subprocess.Popen(
             [twistd(), "-n", "--pidfile=", "lattice", "--config", str(self.config)],
@@ -75,16 +80,18 @@ class KVDaemon:
             lines.put(None)
 
         threading.Thread(target=pump, daemon=True).start()
+        deadline = time.monotonic() + timeout
         while True:
             try:
-                line = lines.get(timeout=timeout)
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 raise AssertionError(f"daemon not ready: {self.log()}") from None
             if line is None:
                 raise AssertionError(f"daemon exited: {self.log()}")
-            match = READY.search(line)
+            match = ready.search(line)
             if match:
-                self.port = int(match.group(1))
+                if match.groups():
+                    self.port = int(match.group(1))
                 return self.port
 
     def log(self) -> str:
