@@ -6,7 +6,6 @@ else: the semantics live in :mod:`lattice.kv._store`.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
@@ -33,6 +32,8 @@ from lattice.kv._metrics import KVMetrics
 from lattice.kv._mvcc import DELETE, Event, KeyRange, prefix_end
 from lattice.kv._proto import kv_pb2, rpc_pb2
 from lattice.kv._quota import Quotas
+from lattice.kv._snapshot import Member, build_backend, with_hash
+from lattice.kv._storage import StoredState
 from lattice.kv._store import KVStore, check_put, check_txn
 from lattice.kv._watch import WatchCompacted, Watcher
 from lattice.tls import PeerIdentity
@@ -921,10 +922,16 @@ class MaintenanceService:
             else:
                 got.callback(result)
 
-        api.store.storage.snapshot(done)
-        data = await got
-        # etcd appends the SHA-256 of the database; etcdctl checks it on restore.
-        blob = data + hashlib.sha256(data).digest()
+        # The caller's keyspace in etcd's backend layout, read and built on the storage's
+        # thread; etcd appends the database's SHA-256, which etcdctl checks on restore.
+        member = Member(api.store.member_id, api.member_name, (), tuple(api.client_urls()))
+        tenant, alarms = caller.tenant, tuple(api.alarms)
+
+        def build(state: StoredState) -> bytes:
+            return with_hash(build_backend(state, tenant=tenant, member=member, alarms=alarms))
+
+        api.store.storage.snapshot(done, build)
+        blob = await got
         header = rpc_pb2.ResponseHeader()
         api.header(header)
         for offset in range(0, len(blob), SNAPSHOT_CHUNK):

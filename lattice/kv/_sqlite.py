@@ -29,6 +29,7 @@ from lattice.kv._storage import (
     Batch,
     CommitCallback,
     LeaseRecord,
+    SnapshotBuilder,
     StorageCorrupt,
     StoredState,
 )
@@ -208,9 +209,19 @@ class SQLiteStorage:
         """Queue ``batch``; ``done`` is delivered after its commit."""
         self._enqueue(("batch", batch, done))
 
-    def snapshot(self, done: Callable[[bytes | BaseException], None]) -> None:
-        """Deliver a consistent copy of the database file's content."""
-        self._enqueue(("call", self._snapshot, done))
+    def snapshot(
+        self,
+        done: Callable[[bytes | BaseException], None],
+        build: SnapshotBuilder | None = None,
+    ) -> None:
+        """
+        Deliver ``build`` applied to the committed state, read and built on the writer
+        thread between two commits; without ``build``, a copy of the database file's content.
+        """
+        if build is None:
+            self._enqueue(("call", self._snapshot, done))
+        else:
+            self._enqueue(("call", lambda: build(self._snapshot_state()), done))
 
     def defragment(self, done: CommitCallback) -> None:
         """``VACUUM`` the database, in order with the writes."""
@@ -360,6 +371,35 @@ class SQLiteStorage:
             return copy.serialize()
         finally:
             copy.close()
+
+    def _snapshot_state(self) -> StoredState:
+        """Everything committed, read in one go on the writer thread (so: consistent)."""
+        conn = self._conn
+        assert conn is not None, "load() first"
+        conn.execute("BEGIN")
+        try:
+            meta = {name: bytes(value) for name, value in conn.execute("SELECT * FROM meta")}
+            history = [
+                Change(
+                    rev,
+                    sub,
+                    bytes(key),
+                    None
+                    if version == 0
+                    else KeyValue(bytes(key), create, rev, version, bytes(value), lease),
+                )
+                for rev, sub, key, create, version, value, lease in conn.execute(
+                    "SELECT rev, sub, key, create_rev, version, value, lease FROM history "
+                    "ORDER BY rev, sub"
+                )
+            ]
+            rows = conn.execute("SELECT id, ttl, tenant FROM leases ORDER BY id")
+            leases = [LeaseRecord(id, ttl, tenant) for id, ttl, tenant in rows]
+        finally:
+            conn.execute("COMMIT")
+        revision = int(meta.pop("revision", b"1"))
+        compact_revision = int(meta.pop("compact_revision", b"0"))
+        return StoredState(revision, compact_revision, history, leases, meta)
 
     def _vacuum(self) -> None:
         conn = self._conn

@@ -20,6 +20,7 @@ __all__ = [
     "Batch",
     "CommitCallback",
     "LeaseRecord",
+    "SnapshotBuilder",
     "Storage",
     "StorageCorrupt",
     "StoredState",
@@ -75,6 +76,10 @@ class StoredState:
 # Called once per batch after its commit (with None) or after it failed (with the error).
 CommitCallback = Callable[[BaseException | None], None]
 
+# Turns one consistent read of the committed state into a snapshot's bytes; run by the
+# storage on its own thread.
+SnapshotBuilder = Callable[[StoredState], bytes]
+
 
 class Storage(Protocol):
     """A durable home for the KV store's batches."""
@@ -93,10 +98,16 @@ class Storage(Protocol):
         (through the delivery function the storage was built with) once it is durable.
         """
 
-    def snapshot(self, done: Callable[[bytes | BaseException], None]) -> None:
+    def snapshot(
+        self,
+        done: Callable[[bytes | BaseException], None],
+        build: SnapshotBuilder | None = None,
+    ) -> None:
         """
-        Produce a consistent copy of the whole database, in the order of submitted batches,
-        and hand it to ``done``.
+        Take a consistent snapshot, in the order of submitted batches, and hand it (or the
+        error) to ``done``.  With ``build``, the committed state (everything :meth:`load`
+        would return) is read once and ``build`` turns it into bytes, both off the caller's
+        thread; without, the bytes are the engine's own copy of its whole database.
         """
 
     def size(self) -> tuple[int, int]:

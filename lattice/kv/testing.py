@@ -14,7 +14,13 @@ import json
 from collections.abc import Callable
 
 from lattice.kv._mvcc import Change
-from lattice.kv._storage import Batch, CommitCallback, LeaseRecord, StoredState
+from lattice.kv._storage import (
+    Batch,
+    CommitCallback,
+    LeaseRecord,
+    SnapshotBuilder,
+    StoredState,
+)
 
 __all__ = ["MemoryStorage"]
 
@@ -96,10 +102,24 @@ class MemoryStorage:
         self._meta.update(batch.meta)
         self._revision = batch.revision
 
-    def snapshot(self, done: Callable[[bytes | BaseException], None]) -> None:
-        """A JSON rendering of the committed state (after committing what is pending)."""
+    def snapshot(
+        self,
+        done: Callable[[bytes | BaseException], None],
+        build: SnapshotBuilder | None = None,
+    ) -> None:
+        """
+        ``build`` applied to the committed state (after committing what is pending, with
+        ``auto_commit``), at once; without ``build``, a JSON summary of that state.
+        """
         if self.auto_commit:
             self.commit()
+        if build is not None:
+            try:
+                result: bytes | BaseException = build(self.load())
+            except Exception as e:
+                result = e
+            done(result)
+            return
         state = {
             "revision": self._revision,
             "compact_revision": self._compact_revision,
