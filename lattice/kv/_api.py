@@ -47,6 +47,8 @@ M = TypeVar("M", bound=Message)
 ETCD_VERSION = "3.4.0"
 SNAPSHOT_CHUNK = 32 * 1024
 MERGE_EVENTS = 1000  # most events merged into one queued watch response
+# Queued watch responses grow by merging only up to the request size limit, so a slow
+# reader's responses stay far below the gRPC send limit.
 
 
 class CallContext(Protocol):
@@ -479,6 +481,7 @@ class _WatchStream(WatchResponseQueue):
         self.watchers: dict[int, Watcher] = {}
         self.prev_kv: dict[int, bool] = {}
         self.progress_notify: set[int] = set()
+        self.fragment: set[int] = set()
         self.quiet: set[int] = set()
         self.next_id = 0
 
@@ -489,6 +492,7 @@ class _WatchStream(WatchResponseQueue):
         with_prev = self.prev_kv.get(watch_id, False)
         # Many watchers usually receive the same events: encode them once per revision.
         encoded = self.api.encoded_events(events, len(self.caller.prefix), with_prev)
+        limit = self.api.limits.max_request_bytes
         outgoing = self.outgoing
         if outgoing:
             # Not sent yet: append to the previous response of this watcher (a slow reader
@@ -499,13 +503,44 @@ class _WatchStream(WatchResponseQueue):
                 and tail.events
                 and not tail.created
                 and not tail.canceled
+                and not tail.fragment
                 and len(tail.events) < MERGE_EVENTS
+                and tail.ByteSize() + len(encoded) <= limit
             ):
                 tail.MergeFromString(encoded)
                 return
         response = rpc_pb2.WatchResponse.FromString(encoded)
         response.watch_id = watch_id
+        if watch_id in self.fragment and len(encoded) > limit and len(response.events) > 1:
+            self._push_fragments(response, limit)
+            return
         self.push(response)
+
+    def _push_fragments(self, response: rpc_pb2.WatchResponse, limit: int) -> None:
+        """
+        As etcd does for a watch created with ``fragment``: one revision's events in
+        responses of at most ``limit`` bytes (or one event each, if an event alone is
+        larger), every one but the last marked ``fragment``; the client joins them.
+        """
+        events = list(response.events)
+        base = rpc_pb2.WatchResponse(watch_id=response.watch_id)
+        base.header.CopyFrom(response.header)
+        empty = base.ByteSize()
+        part = rpc_pb2.WatchResponse()
+        part.CopyFrom(base)
+        size = empty
+        for event in events:
+            # An event costs its length, its tag and its length prefix (at most 1 + 5 bytes).
+            cost = event.ByteSize() + 6
+            if part.events and size + cost > limit:
+                part.fragment = True
+                self.push(part)
+                part = rpc_pb2.WatchResponse()
+                part.CopyFrom(base)
+                size = empty
+            part.events.append(event)
+            size += cost
+        self.push(part)
 
     def create(self, request: rpc_pb2.WatchCreateRequest) -> None:
         api = self.api
@@ -545,6 +580,8 @@ class _WatchStream(WatchResponseQueue):
         self.prev_kv[watch_id] = request.prev_kv
         if request.progress_notify:
             self.progress_notify.add(watch_id)
+        if request.fragment:
+            self.fragment.add(watch_id)
         try:
             watcher = api.store.hub.watch(
                 KeyRange(caller.key(request.key), caller.end(request.range_end)),
@@ -566,6 +603,7 @@ class _WatchStream(WatchResponseQueue):
     def cancel(self, watch_id: int) -> None:
         watcher = self.watchers.pop(watch_id, None)
         self.progress_notify.discard(watch_id)
+        self.fragment.discard(watch_id)
         if watcher is None:
             return
         self.api.store.hub.cancel(watcher)

@@ -197,7 +197,7 @@ def grpc_connector(
 ) -> Connect:
     """Connects to members with :func:`lattice.grpc.connect_channel` (TLS for https)."""
     options = GrpcClientOptions(
-        max_receive_message_size=64 * 1024 * 1024,
+        max_receive_message_size=2**31 - 1,  # as etcd's own client: members send whole ranges
         user_agent="lattice-kv-upstream",
         keepalive_interval=30.0,
         keepalive_timeout=10.0,

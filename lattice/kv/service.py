@@ -48,6 +48,7 @@ UPSTREAM_PROBE_INTERVAL = 1.0  # how often the etcd backend checks the cluster c
 PROGRESS_INTERVAL = 600.0  # etcd's default progress notification interval
 GRPC_OVERHEAD = 512 * 1024
 MAX_STREAMS = 100_000
+MAX_MESSAGE = 2**31 - 1  # etcd's send limit, and what its client accepts
 
 
 def member_id_of(node_id: str, salt: str = "member") -> int:
@@ -386,7 +387,9 @@ class KVService(Service):
             self._reactor,
             GrpcServerOptions(
                 max_receive_message_size=size,
-                max_send_message_size=max(size, 4 * 1024 * 1024),
+                # etcd limits what it receives, never what it sends (math.MaxInt32): a
+                # range or a watch revision larger than 4 MiB reaches its clients whole.
+                max_send_message_size=MAX_MESSAGE,
                 # etcd does not limit streams per connection; clients multiplex every
                 # watch and keep-alive stream over one connection.
                 max_concurrent_streams=MAX_STREAMS,

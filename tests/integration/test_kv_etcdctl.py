@@ -166,6 +166,18 @@ class EtcdctlKVTests(SynchronousTestCase):
         self.assertIn("cluster_id", body["header"])
         self.assertIn("member_id", body["header"])
 
+    def test_large_range(self) -> None:
+        """
+        A range answer over gRPC's usual 4 MiB reaches etcdctl whole: like etcd, the
+        server does not limit what it sends (only what it receives).
+        """
+        value = "v" * (1024 * 1024)
+        for i in range(6):
+            self.kv.etcdctl("put", f"big/{i}", stdin=value)
+        keys = self.kv.etcdctl("get", "big/", "--prefix", "--keys-only").split()
+        self.assertEqual(keys, [f"big/{i}" for i in range(6)])
+        self.assertEqual(len(self.kv.etcdctl("get", "big/", "--prefix")), 6 * (len(value) + 7))
+
     def test_get_flags(self) -> None:
         """--prefix, --from-key, --limit, --sort-by/--order, --keys-only, --rev and friends."""
         for key, value in (("a/1", "3"), ("a/2", "1"), ("a/3", "2"), ("b", "x")):

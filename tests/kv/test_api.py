@@ -493,3 +493,95 @@ class SlowWatcherTests(ApiTestCase):
         while gate:
             gate.pop(0).callback(None)
         self.successResultOf(done)
+
+
+class FragmentTests(ApiTestCase):
+    """
+    Watch responses larger than the request limit (4096 bytes here): fragmented when the
+    watch asks for it, as etcd does; never grown past the limit by merging.
+    """
+
+    def watch_all(self, fragment: bool, context: Context) -> tuple[Requests, Deferred[None]]:
+        requests = Requests()
+        done = Deferred.fromCoroutine(self.watch.watch(requests, context))
+        requests.feed(
+            pb.WatchRequest(
+                create_request=pb.WatchCreateRequest(
+                    key=b"\0", range_end=b"\0", fragment=fragment, prev_kv=True
+                )
+            )
+        )
+        return requests, done
+
+    def big_revision(self) -> pb.DeleteRangeResponse:
+        """
+        One revision of about 10 kB of events: deleting 10 keys of 1000 bytes each, seen
+        with their previous values.
+        """
+        return self.call(
+            self.kv.delete_range(pb.DeleteRangeRequest(key=b"k", range_end=b"l"), Context())
+        )
+
+    def setUp(self) -> None:
+        super().setUp()
+        for i in range(10):
+            self.put(b"k%d" % i, b"x" * 1000)
+
+    def test_fragmented(self) -> None:
+        """
+        With C{fragment}, one revision arrives in responses under the limit, all but the
+        last marked as fragments; joined, they are the revision's events in order.
+        """
+        context = Context()
+        requests, done = self.watch_all(True, context)
+        deleted = self.big_revision()
+        requests.end()
+        self.successResultOf(done)
+        parts = [m for m in context.sent if m.events]
+        self.assertGreater(len(parts), 1)
+        self.assertEqual([p.fragment for p in parts], [True] * (len(parts) - 1) + [False])
+        for part in parts:
+            self.assertLessEqual(part.ByteSize(), 4096)
+            self.assertEqual(part.header.revision, deleted.header.revision)
+        keys = [(e.kv.key, len(e.prev_kv.value)) for p in parts for e in p.events]
+        self.assertEqual(keys, [(b"k%d" % i, 1000) for i in range(10)])
+
+    def test_not_fragmented_unless_asked(self) -> None:
+        """Without C{fragment}, a revision is one response, however large (as etcd)."""
+        context = Context()
+        requests, done = self.watch_all(False, context)
+        self.big_revision()
+        requests.end()
+        self.successResultOf(done)
+        (response,) = [m for m in context.sent if m.events]
+        self.assertEqual(len(response.events), 10)
+        self.assertFalse(response.fragment)
+
+    def test_merging_is_bounded(self) -> None:
+        """A slow reader's queued revisions are merged only while under the limit."""
+        gate: list[Deferred[None]] = []
+
+        class Slow(Context):
+            async def send(self, message: Any) -> None:
+                self.sent.append(message)
+                waiting: Deferred[None] = Deferred()
+                gate.append(waiting)
+                await waiting
+
+        context = Slow()
+        requests, done = self.watch_all(False, context)
+        for i in range(12):
+            self.put(b"m%d" % i, b"x" * 1000)
+        while gate:
+            gate.pop(0).callback(None)
+        responses = [m for m in context.sent if m.events]
+        self.assertEqual(
+            [e.kv.key for r in responses for e in r.events], [b"m%d" % i for i in range(12)]
+        )
+        self.assertGreater(len(responses), 1)
+        for response in responses:
+            self.assertLessEqual(response.ByteSize(), 4096 + 1100)
+        requests.end()
+        while gate:
+            gate.pop(0).callback(None)
+        self.successResultOf(done)
