@@ -24,6 +24,8 @@ Request = Callable[[Any, str, str, object], tuple[int, object]]
 
 def format_status(state: dict[str, Any]) -> str:
     """The text ``lattice kv status`` prints."""
+    if state.get("backend") == "etcd":
+        return _format_cluster_status(state)
     return "\n".join(
         [
             f"listening:          {state.get('listening') or 'no'}",
@@ -35,6 +37,26 @@ def format_status(state: dict[str, Any]) -> str:
             f"leases:             {state.get('leases')}",
             f"watchers:           {state.get('watchers')}",
             f"auth enabled:       {'yes' if state.get('auth_enabled') else 'no'}",
+        ]
+    )
+
+
+def _yes_no(value: object) -> str:
+    return "unknown (no call yet)" if value is None else ("yes" if value else "no")
+
+
+def _format_cluster_status(state: dict[str, Any]) -> str:
+    """``lattice kv status`` of a node in front of an etcd cluster (``backend = etcd``)."""
+    return "\n".join(
+        [
+            f"listening:          {state.get('listening') or 'no'}",
+            "backend:            etcd cluster",
+            f"members:            {', '.join(state.get('endpoints') or [])}",
+            f"current member:     {state.get('current')}",
+            f"reachable:          {_yes_no(state.get('reachable'))}",
+            f"linearizable:       {_yes_no(state.get('can_linearize'))}",
+            f"revision:           {state.get('revision')} (last seen on the watch stream)",
+            f"upstream watches:   {state.get('upstream_watches')}",
         ]
     )
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -90,6 +92,16 @@ class UpstreamTlsTests(SynchronousTestCase):
         self.assertGreater(put.header.revision, 1)
         self.assertEqual(client.get(b"tls/key"), b"secret")
         self.assertEqual(readyz(daemon.port)[0], 200)
+        status = subprocess.run(
+            [sys.executable, "-m", "lattice.cli", "kv", "status", "--config", str(daemon.config)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        self.assertIn("backend:            etcd cluster", status)
+        self.assertIn(f"current member:     {self.cluster.endpoints[0]}", status)
+        self.assertIn("linearizable:       yes", status)
 
         credentials = grpc.ssl_channel_credentials(
             root_certificates=Path(self.ca).read_bytes(),
