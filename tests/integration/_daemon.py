@@ -6,9 +6,13 @@ bound by the test, as systemd would provide it.
 from __future__ import annotations
 
 import os
+import queue
 import re
 import signal
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +57,53 @@ def child_environment(**extra: str) -> dict[str, str]:
     environ["PYTHONPATH"] = str(ROOT)
     environ.update(extra)
     return environ
+
+
+def start_twistd(
+    config: Path,
+    ready: re.Pattern[bytes],
+    output: list[bytes],
+    environ: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> tuple[subprocess.Popen[bytes], re.Match[bytes]]:
+    """
+    Start C{twistd -n lattice --config config}, its output collected into C{output}
+    line by line (also after this returns); return the process and the match of the
+    first line that matches C{ready}.
+
+    @raise AssertionError: the daemon exited, or printed no such line within
+        C{timeout} seconds, with its output so far.
+    """
+    process = subprocess.Popen(
+        [twistd(), "-n", "--pidfile=", "lattice", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=child_environment() if environ is None else environ,
+    )
+    lines: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line)
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            process.kill()
+            process.wait()
+            raise AssertionError(f"daemon not ready: {b''.join(output).decode()}") from None
+        if line is None:
+            process.wait()
+            raise AssertionError(f"daemon exited: {b''.join(output).decode()}")
+        match = ready.search(line)
+        if match:
+            return process, match
 
 
 class NotifyReceiver(DatagramProtocol):

@@ -9,20 +9,17 @@ from __future__ import annotations
 import base64
 import json
 import os
-import queue
 import re
 import shutil
 import signal
 import subprocess
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from ._daemon import child_environment, twistd
+from ._daemon import start_twistd
 
 READY = re.compile(rb"kv: listening on 127\.0\.0\.1:(\d+)")
 
@@ -63,36 +60,10 @@ class KVDaemon:
         set it (for a node that is expected never to become ready).
         """
         self.output = []
-        process = subprocess.Popen(
-            [twistd(), "-n", "--pidfile=", "lattice", "--config", str(self.config)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=child_environment(),
-        )
-        self.process = process
-        lines: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-
-        def pump() -> None:
-            assert process.stdout is not None
-            for line in process.stdout:
-                self.output.append(line)
-                lines.put(line)
-            lines.put(None)
-
-        threading.Thread(target=pump, daemon=True).start()
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"daemon not ready: {self.log()}") from None
-            if line is None:
-                raise AssertionError(f"daemon exited: {self.log()}")
-            match = ready.search(line)
-            if match:
-                if match.groups():
-                    self.port = int(match.group(1))
-                return self.port
+        self.process, match = start_twistd(self.config, ready, self.output, timeout=timeout)
+        if match.groups():
+            self.port = int(match.group(1))
+        return self.port
 
     def log(self) -> str:
         return b"".join(self.output).decode("utf-8", "replace")

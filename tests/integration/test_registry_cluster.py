@@ -9,14 +9,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +22,7 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from ._daemon import ROOT, child_environment, twistd
+from ._daemon import ROOT, child_environment, start_twistd
 from ._etcd_cluster import EtcdCluster
 
 SERVICE = "test.cheap"
@@ -72,35 +70,10 @@ class RegistryNode:
 
     def start(self, timeout: float = 30.0) -> None:
         """Start the node; return once its KV listener is bound."""
-        process = subprocess.Popen(
-            [twistd(), "-n", "--pidfile=", "lattice", "--config", str(self.config)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=self.environ,
+        self.process, match = start_twistd(
+            self.config, KV_READY, self.output, self.environ, timeout
         )
-        self.process = process
-        lines: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-
-        def pump() -> None:
-            assert process.stdout is not None
-            for line in process.stdout:
-                self.output.append(line)
-                lines.put(line)
-            lines.put(None)
-
-        threading.Thread(target=pump, daemon=True).start()
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"node not ready: {self.log()}") from None
-            if line is None:
-                raise AssertionError(f"node exited: {self.log()}")
-            match = KV_READY.search(line)
-            if match:
-                self.port = int(match.group(1))
-                return
+        self.port = int(match.group(1))
 
     def log(self) -> str:
         return b"".join(self.output).decode("utf-8", "replace")[-6000:]
