@@ -5,12 +5,27 @@ package's own virtual-device server, through the same client.
 Each server runs in its own child process (``--serve lattice`` /
 ``--serve reference``) on a loopback port it picks itself and prints; this
 process is the client: the PyPI ``usbip`` host API with TCP_NODELAY set on
-its socket (the package leaves it off).  The measurements alternate between the two
-servers in short slices, so that both see the same load on this shared
-machine, and each measure is totalled over all slices.
+its socket (the package leaves it off), the same code for both servers.
+
+The measurements alternate between the two servers in short slices, so that
+both see the same load on this shared machine, and which server goes first
+alternates from slice to slice.  Each server gets the same number of URBs
+per slice (and the same time for bulk); each reported figure is the median
+over the slices, so that a burst of load from other processes during a few
+slices does not decide the result.  The line before the last compares the
+round trips slice by slice (each pair measured back to back): in how many
+slices Lattice was at least as fast, and the median difference.
+
+On a small virtual machine the round trip is bimodal: when the scheduler
+runs the client and the server on the same CPU a URB takes about half as
+long as when they run on two (a cross-CPU wake-up is expensive there), and
+which of the two happens depends on the load from other processes.  The
+default leaves placement to the scheduler, as in real use; ``--pin same``
+runs the client and both servers on one CPU and ``--pin split`` the client
+on one CPU and the servers on another, to compare the two cases on their own.
 
 * rtt: interrupt OUT (64 bytes) and interrupt IN (the echo) URBs, one at a
-  time, submit to completion: elapsed time / number of URBs.
+  time, submit to completion: a slice's elapsed time / its number of URBs.
 * bulk: 64 KiB bulk OUT then 64 KiB bulk IN (the echo); MB/s (10^6 bytes)
   of payload echoed, counting each byte once.
 
@@ -22,7 +37,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -46,9 +63,11 @@ def _usbip() -> Any:
 
 
 BULK_SIZE = 64 * 1024
-RTT_URBS = 40000
-BULK_SECONDS = 4.0
-SLICES = 20
+#: URBs per server over all slices (half OUT, half IN).
+RTT_URBS = 60000
+#: Bulk seconds per server over all slices.
+BULK_SECONDS = 4.5
+SLICES = 60
 
 
 def serve_lattice() -> None:
@@ -136,21 +155,20 @@ def client_transport(port: int) -> Any:
 
 
 class Measured:
-    """One server's imported echo device and the time and work spent on it."""
+    """One server's imported echo device and its per-slice results."""
 
     def __init__(self, port: int):
         self.handle = _usbip().open(VID, PID, busid="1-1", transport=client_transport(port))
-        self.rtt_seconds = 0.0
         self.urbs = 0
-        self.bulk_seconds = 0.0
-        self.bulk_bytes = 0
+        self.rtt_slices: list[float] = []
+        self.bulk_slices: list[float] = []
         payload = b"\xa5" * 64
         for _ in range(200):  # warm up
             self.handle.interrupt_out(0x02, payload)
             self.handle.interrupt_in(0x82, 64)
 
     def round_trips(self, pairs: int) -> None:
-        """Interrupt OUT then IN, one URB at a time."""
+        """Interrupt OUT then IN, one URB at a time; records microseconds per URB."""
         handle = self.handle
         payload = b"\xa5" * 64
         clock = time.perf_counter
@@ -158,36 +176,54 @@ class Measured:
         for _ in range(pairs):
             handle.interrupt_out(0x02, payload)
             data = handle.interrupt_in(0x82, 64)
-        self.rtt_seconds += clock() - start
+        self.rtt_slices.append((clock() - start) / (2 * pairs) * 1e6)
         self.urbs += 2 * pairs
         assert bytes(data) == payload
 
     def bulk(self, seconds: float) -> None:
-        """64 KiB bulk OUT and its echo, for about C{seconds}."""
+        """64 KiB bulk OUT and its echo, for about C{seconds}; records MB/s."""
         handle = self.handle
         block = bytes(range(256)) * (BULK_SIZE // 256)
         clock = time.perf_counter
+        echoed_bytes = 0
         start = clock()
         while clock() - start < seconds:
             handle.bulk_out(0x01, block)
             echoed = handle.bulk_in(0x81, BULK_SIZE)
             assert len(echoed) == BULK_SIZE
-            self.bulk_bytes += BULK_SIZE
-        self.bulk_seconds += clock() - start
+            echoed_bytes += BULK_SIZE
+        self.bulk_slices.append(echoed_bytes / (clock() - start) / 1e6)
 
     @property
     def rtt_us(self) -> float:
-        return self.rtt_seconds / self.urbs * 1e6
+        return statistics.median(self.rtt_slices)
 
     @property
     def bulk_mbps(self) -> float:
-        return self.bulk_bytes / self.bulk_seconds / 1e6
+        return statistics.median(self.bulk_slices)
+
+    def spread(self) -> str:
+        """The quartiles of the per-slice results, to judge the noise."""
+        rtt = statistics.quantiles(self.rtt_slices, n=4)
+        bulk = statistics.quantiles(self.bulk_slices, n=4)
+        return f"rtt_q1-q3={rtt[0]:.1f}-{rtt[2]:.1f} bulk_q1-q3={bulk[0]:.0f}-{bulk[2]:.0f}"
 
 
-def start(kind: str) -> tuple[subprocess.Popen[str], int]:
-    """Start a server child; returns it and its port."""
+#: CPUs for (the client, the servers) with each C{--pin} choice.
+PINNING = {"same": (0, 0), "split": (0, 1)}
+
+
+def pin(cpu: int | None) -> None:
+    """Run this process on C{cpu} only (C{None}: wherever the scheduler likes)."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+
+
+def start(kind: str, cpu: int | None) -> tuple[subprocess.Popen[str], int]:
+    """Start a server child (on C{cpu}, if given); returns it and its port."""
+    pinning = [] if cpu is None else ["--cpu", str(cpu)]
     child = subprocess.Popen(
-        [sys.executable, __file__, "--serve", kind],
+        [sys.executable, __file__, "--serve", kind, *pinning],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -203,15 +239,24 @@ def start(kind: str) -> tuple[subprocess.Popen[str], int]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--serve", choices=["lattice", "reference"])
+    parser.add_argument("--serve", choices=["lattice", "reference"], help=argparse.SUPPRESS)
+    parser.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--pin",
+        choices=sorted(PINNING),
+        help="same: client and servers on CPU 0; split: client on CPU 0, servers on CPU 1",
+    )
     args = parser.parse_args()
+    pin(args.cpu)
     if args.serve == "lattice":
         serve_lattice()
         return 0
     if args.serve == "reference":
         serve_reference()
         return 0
-    servers = {kind: start(kind) for kind in ("lattice", "reference")}
+    client_cpu, server_cpu = PINNING[args.pin] if args.pin else (None, None)
+    pin(client_cpu)
+    servers = {kind: start(kind, server_cpu) for kind in ("lattice", "reference")}
     try:
         measured = {kind: Measured(port) for kind, (_, port) in servers.items()}
         # Slices alternate between the two servers so that both see the
@@ -225,7 +270,24 @@ def main() -> int:
                 measured[kind].bulk(BULK_SECONDS / SLICES)
         for kind, m in measured.items():
             m.handle.close()
-            print(f"{kind:<9} urbs={m.urbs} rtt_us={m.rtt_us:.1f} bulk_mbps={m.bulk_mbps:.1f}")
+            print(
+                f"{kind:<9} urbs={m.urbs} slices={len(m.rtt_slices)} rtt_us={m.rtt_us:.1f} "
+                f"bulk_mbps={m.bulk_mbps:.1f} {m.spread()}"
+            )
+        # Paired per slice (both servers measured back to back): how often
+        # Lattice's round trip was the shorter one, and by how much.  With a
+        # bimodal round trip (see above) this says more than the medians.
+        differences = [
+            ours - theirs
+            for ours, theirs in zip(
+                measured["lattice"].rtt_slices, measured["reference"].rtt_slices, strict=True
+            )
+        ]
+        wins = sum(1 for difference in differences if difference <= 0)
+        print(
+            f"rtt slices where lattice <= reference: {wins}/{SLICES}; "
+            f"median difference (lattice - reference): {statistics.median(differences):+.1f} us"
+        )
     finally:
         for child, _ in servers.values():
             assert child.stdin is not None

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
@@ -250,45 +251,64 @@ class UsbipProtocol(Protocol):
         """
         Send one complete reply.
 
-        On a plain TCP connection the reply goes straight to the socket when
-        nothing is queued before it: Twisted's buffered write would send it
-        one reactor iteration later, which is most of a URB's round trip.
-        Whatever the socket does not take is queued in order behind it.
+        With write-through on (see L{_write_through}) the reply goes straight
+        to the socket when nothing is queued before it: Twisted's buffered
+        write would send it one reactor iteration later, which is most of a
+        URB's round trip.  Whatever the socket does not take (a partial send,
+        EAGAIN) is queued in Twisted's buffer, and every later reply queues
+        behind it until Twisted reports the buffer drained, so replies keep
+        their order.
         """
         sock = self._socket
         if sock is not None and not self._backlog:
             try:
                 sent = sock.send(data)
             except OSError:
-                # EAGAIN, or an error Twisted reports on its own next read.
+                # EAGAIN, or an error Twisted reports on its own next read or write.
                 sent = 0
             if sent == len(data):
                 return
-            data = data[sent:]
             self._backlog = True
+            if sent:
+                data = data[sent:]
         self._t.write(data)
 
     # IPullProducer, registered so that Twisted says when its buffer drained.
 
     def resumeProducing(self) -> None:
+        """
+        Twisted's write buffer is empty: replies may go straight to the socket.
+        """
         self._backlog = False
 
     def stopProducing(self) -> None:
+        """
+        The connection is gone: no more writes to its socket.
+        """
         self._socket = None
 
-    def _direct_send(self) -> None:
+    def _write_through(self) -> None:
+        """
+        Turn write-through on if this connection's transport is a plain TCP
+        connection: the transport object itself owns the socket (so nothing
+        between this protocol and the socket transforms or counts the bytes:
+        no TLS layer, no protocol wrapper) and TLS was never started on it.
+        """
         transport = self._t
-        if not self.factory.direct_send or ISSLTransport.providedBy(transport):
+        if not self.factory.direct_send:
             return
-        if not ITCPTransport.providedBy(transport):
+        if not isinstance(transport, tcp.Connection) or ISSLTransport.providedBy(transport):
             return
-        handle = self._t.getHandle()
-        if isinstance(handle, socket.socket):
-            self._socket = handle
-            self._t.registerProducer(self, False)
-            # The import reply is still in Twisted's buffer: replies queue
-            # behind it until Twisted reports the buffer drained.
-            self._backlog = True
+        handle = transport.getHandle()
+        if not callable(getattr(handle, "send", None)):
+            return
+        self._socket = handle
+        transport.registerProducer(self, False)
+        # registerProducer() just called resumeProducing() (or, on a lost
+        # connection, stopProducing()), but the import reply is still in
+        # Twisted's buffer: replies queue behind it until Twisted reports the
+        # buffer drained.
+        self._backlog = True
 
     def _close(self) -> None:
         """
@@ -325,6 +345,8 @@ class UsbipProtocol(Protocol):
                 "USB/IP client {address}: {error}; closing", address=self.address, error=str(e)
             )
             self._phase = "closed"
+            # Nothing more goes to this socket, not even a late completion.
+            self._socket = None
             self._t.abortConnection()
 
     # -- operation phase ---------------------------------------------------
@@ -387,7 +409,7 @@ class UsbipProtocol(Protocol):
         )
         self._phase = "urb"
         self._t.write(encode_import_reply(OpStatus.OK, export.info))
-        self._direct_send()
+        self._write_through()
         leftover = bytes(self._buffer)
         self._buffer.clear()
         if leftover:
@@ -504,17 +526,7 @@ class UsbipProtocol(Protocol):
         else:
             size = result.actual_length
             reply = _RET_HEADER(3, urb.seqnum, 0, 0, 0, status, size, result.start_frame, 0, 0)
-        sock = self._socket
-        if sock is not None and not self._backlog:
-            try:
-                sent = sock.send(reply)
-            except OSError:
-                sent = 0
-            if sent != len(reply):
-                self._backlog = True
-                self._t.write(reply[sent:])
-        else:
-            self._t.write(reply)
+        self._write(reply)
         if is_in:
             self._observe(status, size, 0)
         else:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from zope.interface import directlyProvides
 
 from lattice.usb import (
     ApprovalBook,
@@ -91,6 +95,52 @@ def parse_replies(raw: bytes, directions: dict[int, int]) -> list[Reply]:
     return replies
 
 
+@dataclass
+class ScriptedSocket:
+    """
+    The socket under a real C{tcp.Server}: it records what was sent.  Each
+    C{send} takes at most the next scripted allowance: a number of bytes
+    (0 raises EAGAIN), or an C{OSError} to raise; with no script left it
+    takes everything.
+    """
+
+    sent: bytearray = field(default_factory=bytearray)
+    script: list[int | OSError] = field(default_factory=list)
+    sends: int = 0
+
+    def send(self, data: bytes | memoryview) -> int:
+        """Take what the script allows."""
+        self.sends += 1
+        allowance = self.script.pop(0) if self.script else len(data)
+        if isinstance(allowance, OSError):
+            raise allowance
+        if allowance == 0:
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        taken = bytes(data[:allowance])
+        self.sent += taken
+        return len(taken)
+
+    def recv(self, size: int) -> bytes:
+        """Nothing to read: the tests call C{dataReceived} themselves."""
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    def setblocking(self, flag: bool) -> None:
+        """Twisted makes its sockets non-blocking."""
+
+    def fileno(self) -> int:
+        """A descriptor number for the reactor's bookkeeping."""
+        return 1000
+
+    def setsockopt(self, level: int, option: int, value: int) -> None:
+        """Socket options are accepted and ignored."""
+
+    def shutdown(self, how: int) -> None:
+        """Half-closes are ignored."""
+
+    def close(self) -> None:
+        """Closing needs nothing."""
+
+
 class Harness:
     """A server factory over emulated devices, with StringTransport clients."""
 
@@ -128,6 +178,33 @@ class Harness:
         assert reply[:8] == bytes.fromhex("0111000300000000"), reply[:8].hex()
         transport.clear()
         return protocol, transport
+
+    def tcp_imported(
+        self, busid: str = "1-1", tls: bool = False
+    ) -> tuple[UsbipProtocol, tcp.Server, ScriptedSocket, MemoryReactorClock]:
+        """
+        A connection on a real Twisted C{tcp.Server} over a L{ScriptedSocket}
+        that imported C{busid}; the import reply is still in Twisted's buffer.
+        With C{tls}, the transport is marked as Twisted's C{startTLS} marks it.
+        """
+        protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        assert isinstance(protocol, UsbipProtocol)
+        sock = ScriptedSocket()
+        reactor = MemoryReactorClock()
+        transport = tcp.Server(
+            sock,  # type: ignore[arg-type]
+            protocol,
+            ("127.0.0.1", 40000),
+            None,  # type: ignore[arg-type]
+            1,
+            reactor,
+        )
+        if tls:
+            directlyProvides(transport, ISSLTransport)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(op_import(busid))
+        assert sock.sent == b"", "the import reply was written through"
+        return protocol, transport, sock, reactor
 
     def close(self, protocol: UsbipProtocol, transport: StringTransport) -> None:
         """The client's connection ends."""

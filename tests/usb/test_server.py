@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import errno
 import struct
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet import main, tcp
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.testing import MemoryReactorClock
+from twisted.protocols.policies import WrappingFactory
 from twisted.trial.unittest import SynchronousTestCase
 
-from lattice.usb import ExportPolicy, KeyboardDevice, approval_id
+from lattice.usb import ExportPolicy, KeyboardDevice, UsbipProtocol, approval_id
 
 from ._helpers import (
     GET_DEVICE_DESCRIPTOR,
     KBD_DEVID,
     Harness,
+    Reply,
+    ScriptedSocket,
     cmd_submit,
     cmd_unlink,
     op_devlist,
@@ -379,3 +386,206 @@ class MalformedInputTests(SynchronousTestCase):
         protocol.dataReceived(garbage)
         harness.close(protocol, transport)
         self.assertEqual([e.holder for e in harness.registry.exports.values()], [None, None])
+
+
+IMPORT_REPLY_SIZE = 8 + 312
+
+#: An interrupt OUT of 64 bytes (echo device endpoint 0x02) and its IN (0x82).
+PAYLOAD = bytes(range(64))
+
+
+def echo_pair(seqnum: int) -> bytes:
+    """Interrupt OUT C{seqnum} then interrupt IN C{seqnum + 1} of L{PAYLOAD}."""
+    return cmd_submit(seqnum, 0, 2, 64, data=PAYLOAD) + cmd_submit(seqnum + 1, 1, 2, 64)
+
+
+def urb_replies(sent: bytes | bytearray, directions: dict[int, int]) -> list[Reply]:
+    """The replies after the import reply in what a scripted socket took."""
+    assert sent[:8] == bytes.fromhex("0111000300000000"), bytes(sent[:8]).hex()
+    return parse_replies(bytes(sent[IMPORT_REPLY_SIZE:]), directions)
+
+
+class WriteThroughTests(SynchronousTestCase):
+    """
+    On a plain TCP transport, replies go straight to the socket while
+    Twisted's write buffer is empty, and queue behind it in order otherwise.
+    """
+
+    def flushed(self) -> tuple[UsbipProtocol, tcp.Server, ScriptedSocket]:
+        """An imported echo device whose import reply Twisted has sent."""
+        protocol, transport, sock, _ = Harness().tcp_imported()
+        transport.doWrite()
+        self.assertEqual(len(sock.sent), IMPORT_REPLY_SIZE)
+        return protocol, transport, sock
+
+    def test_replies_queue_behind_import_reply(self) -> None:
+        """A URB answered before Twisted sent the import reply is sent after it, by Twisted."""
+        _, transport, sock, reactor = Harness().tcp_imported()
+        transport.protocol.dataReceived(echo_pair(1))
+        self.assertEqual(sock.sent, b"")
+        self.assertIn(transport, reactor.getWriters())
+        transport.doWrite()
+        replies = urb_replies(sock.sent, {2: 1})
+        self.assertEqual([(r.seqnum, r.data) for r in replies], [(1, b""), (2, PAYLOAD)])
+
+    def test_reply_written_through(self) -> None:
+        """With Twisted's buffer empty, each reply is one send on the socket, at once."""
+        protocol, transport, sock = self.flushed()
+        sends = sock.sends
+        protocol.dataReceived(echo_pair(1))
+        self.assertEqual(sock.sends, sends + 2)
+        self.assertEqual(transport.dataBuffer, b"")
+        self.assertFalse(transport._tempDataBuffer)
+        replies = urb_replies(sock.sent, {2: 1})
+        self.assertEqual([(r.seqnum, r.data) for r in replies], [(1, b""), (2, PAYLOAD)])
+
+    def test_partial_send_keeps_order(self) -> None:
+        """
+        After a partial send the rest of that reply and every later reply go
+        through Twisted's buffer, in order, until it drained; then replies
+        are written through again.
+        """
+        protocol, transport, sock = self.flushed()
+        sock.script = [10]
+        protocol.dataReceived(echo_pair(1))
+        # The OUT reply's first 10 bytes went out; the IN reply did not try
+        # the socket although it would have taken everything.
+        self.assertEqual(len(sock.sent), IMPORT_REPLY_SIZE + 10)
+        transport.doWrite()
+        protocol.dataReceived(echo_pair(3))
+        replies = urb_replies(sock.sent, {2: 1, 4: 1})
+        self.assertEqual([r.seqnum for r in replies], [1, 2, 3, 4])
+        self.assertEqual([r.data for r in replies[1::2]], [PAYLOAD, PAYLOAD])
+        self.assertEqual(transport.dataBuffer, b"")
+
+    def test_eagain_queues_whole_reply(self) -> None:
+        """A send that would block leaves the whole reply to Twisted, which sends it later."""
+        protocol, transport, sock = self.flushed()
+        sock.script = [0]
+        protocol.dataReceived(cmd_submit(1, 0, 2, 64, data=PAYLOAD))
+        self.assertEqual(len(sock.sent), IMPORT_REPLY_SIZE)
+        transport.doWrite()
+        [reply] = urb_replies(sock.sent, {})
+        self.assertEqual((reply.seqnum, reply.status, reply.actual), (1, 0, 64))
+
+    def test_send_error_left_to_twisted(self) -> None:
+        """A send error queues the reply; Twisted's own write then reports the lost connection."""
+        protocol, transport, sock = self.flushed()
+        reset = ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+        sock.script = [reset, reset]
+        protocol.dataReceived(cmd_submit(1, 0, 2, 64, data=PAYLOAD))
+        self.assertEqual(len(sock.sent), IMPORT_REPLY_SIZE)
+        self.assertIs(transport.doWrite(), main.CONNECTION_LOST)
+
+    @settings(derandomize=True, max_examples=60)
+    @given(
+        st.lists(
+            st.tuples(
+                st.lists(st.integers(min_value=0, max_value=200), max_size=3),
+                st.booleans(),
+            ),
+            min_size=1,
+            max_size=12,
+        )
+    )
+    def test_stream_intact(self, steps: list[tuple[list[int], bool]]) -> None:
+        """
+        Whatever the socket takes and whenever Twisted flushes, the client
+        gets every reply whole and in order.
+        """
+        protocol, transport, sock = self.flushed()
+        directions: dict[int, int] = {}
+        for index, (allowances, flush) in enumerate(steps):
+            sock.script = list(allowances)
+            seqnum = 2 * index + 1
+            directions[seqnum + 1] = 1
+            protocol.dataReceived(echo_pair(seqnum))
+            if flush:
+                transport.doWrite()
+        sock.script = []
+        while transport.dataBuffer or transport._tempDataBuffer:
+            transport.doWrite()
+        replies = urb_replies(sock.sent, directions)
+        self.assertEqual([r.seqnum for r in replies], list(range(1, 2 * len(steps) + 1)))
+        self.assertEqual({r.data for r in replies if r.seqnum % 2 == 0}, {PAYLOAD})
+
+    def test_unlink_written_through(self) -> None:
+        """RET_UNLINK goes straight out too, and the unlinked URB is never answered."""
+        harness = Harness()
+        protocol, transport, sock, _ = harness.tcp_imported("1-2")
+        transport.doWrite()
+        protocol.dataReceived(cmd_submit(1, 1, 1, 8, devid=KBD_DEVID))
+        protocol.dataReceived(cmd_unlink(2, 1, devid=KBD_DEVID))
+        keyboard = harness.keyboard
+        assert isinstance(keyboard, KeyboardDevice)
+        keyboard.type_text("a")
+        [reply] = urb_replies(sock.sent, {1: 1})
+        self.assertEqual((reply.command, reply.seqnum, reply.status), (4, 2, -104))
+
+    def test_tls_transport_not_bypassed(self) -> None:
+        """On a connection that started TLS, replies only ever go through the transport."""
+        protocol, transport, sock, _ = Harness().tcp_imported(tls=True)
+        transport.doWrite()
+        sends = sock.sends
+        protocol.dataReceived(echo_pair(1))
+        self.assertEqual(sock.sends, sends)
+        self.assertTrue(transport._tempDataBuffer)
+
+    def test_wrapped_transport_not_bypassed(self) -> None:
+        """Under a protocol wrapper (as under the TLS layer) replies go through the wrapper."""
+        harness = Harness()
+        wrapper_factory = WrappingFactory(harness.factory)
+        wrapper = wrapper_factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        assert wrapper is not None
+        sock = ScriptedSocket()
+        transport = tcp.Server(
+            sock,  # type: ignore[arg-type]
+            wrapper,
+            ("127.0.0.1", 40000),
+            None,  # type: ignore[arg-type]
+            1,
+            MemoryReactorClock(),
+        )
+        wrapper.makeConnection(transport)
+        wrapper.dataReceived(op_import("1-1"))
+        transport.doWrite()
+        sends = sock.sends
+        wrapper.dataReceived(echo_pair(1))
+        self.assertEqual(sock.sends, sends)
+        transport.doWrite()
+        self.assertEqual([r.seqnum for r in urb_replies(sock.sent, {2: 1})], [1, 2])
+
+    def test_direct_send_off(self) -> None:
+        """A factory built with C{direct_send=False} (the TLS listener's) never writes through."""
+        harness = Harness()
+        harness.factory.direct_send = False
+        protocol, transport, sock, _ = harness.tcp_imported()
+        transport.doWrite()
+        sends = sock.sends
+        protocol.dataReceived(echo_pair(1))
+        self.assertEqual(sock.sends, sends)
+
+    def test_close_waits_for_buffer(self) -> None:
+        """Closing unregisters the write-through producer: Twisted closes after its buffer."""
+        harness = Harness()
+        protocol, transport, sock, _ = harness.tcp_imported()
+        transport.doWrite()
+        sock.script = [5]
+        protocol.dataReceived(echo_pair(1))
+        protocol.disconnect()
+        self.assertIsNone(transport.producer)
+        # Twisted's answer: all sent, now close.
+        self.assertIs(transport.doWrite(), main.CONNECTION_DONE)
+        self.assertEqual([r.seqnum for r in urb_replies(sock.sent, {2: 1})], [1, 2])
+
+    def test_nothing_sent_after_protocol_error(self) -> None:
+        """After garbage closed the connection, a late completion does not reach the socket."""
+        harness = Harness()
+        protocol, transport, sock, _ = harness.tcp_imported("1-2")
+        transport.doWrite()
+        protocol.dataReceived(cmd_submit(1, 1, 1, 8, devid=KBD_DEVID))
+        protocol.dataReceived(b"\xff" * 48)
+        keyboard = harness.keyboard
+        assert isinstance(keyboard, KeyboardDevice)
+        keyboard.type_text("a")
+        self.assertEqual(len(sock.sent), IMPORT_REPLY_SIZE)
