@@ -1,5 +1,5 @@
 """
-gRPC for Lattice, served and called natively on Twisted with ``h2``.
+gRPC for Lattice, served and called natively on Twisted over its own HTTP/2 layer.
 
 See ``docs/grpc.rst``.
 """

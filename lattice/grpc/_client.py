@@ -9,22 +9,6 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar, cast
 
 from google.protobuf.message import DecodeError, Message
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.errors import ErrorCodes
-from h2.events import (
-    ConnectionTerminated,
-    DataReceived,
-    PingAckReceived,
-    RemoteSettingsChanged,
-    ResponseReceived,
-    StreamEnded,
-    StreamReset,
-    TrailersReceived,
-    WindowUpdated,
-)
-from h2.exceptions import ProtocolError, StreamClosedError
-from h2.settings import SettingCodes
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import (
     IAddress,
@@ -38,6 +22,21 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lattice.grpc._framing import ACCEPT_ENCODING, MessageDecoder, decompress, frame_message
+from lattice.grpc._http2 import (
+    ConnectionTerminated,
+    DataReceived,
+    ErrorCodes,
+    H2Connection,
+    PingAckReceived,
+    ProtocolError,
+    RemoteSettingsChanged,
+    ResponseReceived,
+    SettingCodes,
+    StreamClosedError,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+)
 from lattice.grpc._metadata import (
     Metadata,
     MetadataValue,
@@ -53,15 +52,6 @@ _log = Logger()
 T = TypeVar("T", bound=Message)
 MIB = 1024 * 1024
 
-_CONFIG = H2Configuration(
-    client_side=True,
-    header_encoding=None,
-    validate_outbound_headers=False,
-    normalize_outbound_headers=False,
-    validate_inbound_headers=False,
-    normalize_inbound_headers=False,
-)
-
 _HTTP_TO_GRPC = {
     400: StatusCode.INTERNAL,
     401: StatusCode.UNAUTHENTICATED,
@@ -72,7 +62,7 @@ _HTTP_TO_GRPC = {
     503: StatusCode.UNAVAILABLE,
     504: StatusCode.UNAVAILABLE,
 }
-_RESET_TO_GRPC = {
+_RESET_TO_GRPC: dict[int, StatusCode] = {
     ErrorCodes.NO_ERROR: StatusCode.INTERNAL,
     ErrorCodes.REFUSED_STREAM: StatusCode.UNAVAILABLE,
     ErrorCodes.CANCEL: StatusCode.CANCELLED,
@@ -111,6 +101,33 @@ class ClientCall(Generic[T]):
     ``initial_metadata`` and ``trailing_metadata`` are filled in as they arrive.
     """
 
+    __slots__ = (
+        "__weakref__",
+        "_decoder",
+        "_done",
+        "_done_waiter",
+        "_encoding",
+        "_error",
+        "_initial_headers",
+        "_initial_metadata",
+        "_opened",
+        "_pending_ack",
+        "_protocol",
+        "_queue",
+        "_request_headers",
+        "_response_type",
+        "_sending_done",
+        "_stream_id",
+        "_timer",
+        "_trailing_headers",
+        "_trailing_metadata",
+        "_unary",
+        "_waiter",
+        "_write_waiter",
+        "code",
+        "details",
+    )
+
     def __init__(
         self,
         protocol: GrpcClientProtocol,
@@ -132,10 +149,28 @@ class ClientCall(Generic[T]):
         self._done = False
         self._sending_done = False
         self._timer: IDelayedCall | None = None
-        self.initial_metadata: Metadata | None = None
-        self.trailing_metadata: Metadata | None = None
+        self._unary = False
+        self._done_waiter: Deferred[None] | None = None
+        self._initial_headers: list[tuple[bytes, bytes]] | None = None
+        self._initial_metadata: Metadata | None = None
+        self._trailing_headers: list[tuple[bytes, bytes]] | None = None
+        self._trailing_metadata: Metadata | None = None
         self.code: StatusCode | None = None
         self.details: str | None = None
+
+    @property
+    def initial_metadata(self) -> Metadata | None:
+        """The response headers' metadata, once they have arrived."""
+        if self._initial_metadata is None and self._initial_headers is not None:
+            self._initial_metadata = decode_metadata(self._initial_headers)
+        return self._initial_metadata
+
+    @property
+    def trailing_metadata(self) -> Metadata | None:
+        """The trailers' metadata, once they have arrived."""
+        if self._trailing_metadata is None and self._trailing_headers is not None:
+            self._trailing_metadata = decode_metadata(self._trailing_headers)
+        return self._trailing_metadata
 
     async def send(self, message: Message) -> None:
         """Send one request message, waiting for flow-control window."""
@@ -148,7 +183,9 @@ class ClientCall(Generic[T]):
                 StatusCode.RESOURCE_EXHAUSTED,
                 f"message larger than max ({len(payload)} vs. {limit})",
             )
-        data = frame_message(payload)
+        await self._send_framed(frame_message(payload))
+
+    async def _send_framed(self, data: bytes) -> None:
         protocol = self._protocol
         conn = protocol.conn
         if not self._stream_id and not self._done:
@@ -224,13 +261,20 @@ class ClientCall(Generic[T]):
                 self._protocol.conn.reset_stream(self._stream_id, ErrorCodes.CANCEL)
             self._protocol.flush()
 
-    def _open(self, stream_id: int) -> None:
+    def _open(self, stream_id: int, unary_request: bytes | None = None) -> None:
         """Send the request headers now that the server allows another stream."""
         self._stream_id = stream_id
-        self._protocol.calls[stream_id] = self  # type: ignore[assignment]
-        self._protocol.conn.send_headers(
-            stream_id, self._request_headers, end_stream=self._sending_done
-        )
+        protocol = self._protocol
+        protocol.calls[stream_id] = self  # type: ignore[assignment]
+        conn = protocol.conn
+        conn.send_headers(stream_id, self._request_headers, end_stream=self._sending_done)
+        if (
+            unary_request is not None
+            and not self._sending_done
+            and conn.local_flow_control_window(stream_id) >= len(unary_request)
+        ):
+            conn.send_data(stream_id, unary_request, end_stream=True)
+            self._sending_done = True
         opened, self._opened = self._opened, None
         if opened is not None:
             opened.callback(None)
@@ -277,7 +321,7 @@ class ClientCall(Generic[T]):
         if content_type is None or not content_type.startswith(b"application/grpc"):
             self._fail(GrpcError(StatusCode.UNKNOWN, f"bad content-type {content_type!r}"))
             return
-        self.initial_metadata = decode_metadata(headers)
+        self._initial_headers = headers
 
     def _data(self, data: bytes, flow_controlled_length: int) -> None:
         self._pending_ack += flow_controlled_length
@@ -295,6 +339,8 @@ class ClientCall(Generic[T]):
                     self._queue.append(self._response_type.FromString(payload))
                 except DecodeError as e:
                     raise GrpcError(StatusCode.INTERNAL, f"failed to parse response: {e}") from e
+                if self._unary and len(self._queue) > 1:
+                    raise GrpcError(StatusCode.INTERNAL, "more than one response for a unary call")
         except GrpcError as e:
             self._fail(e)
             return
@@ -310,25 +356,30 @@ class ClientCall(Generic[T]):
                 code = value
             elif name == b"grpc-message":
                 message = value
-        self.trailing_metadata = decode_metadata(headers)
-        if self.initial_metadata is None:
-            self.initial_metadata = Metadata()
+        self._trailing_headers = headers
+        if self._initial_headers is None:
+            self._initial_headers = []
         if code is None:
             self._end(GrpcError(StatusCode.INTERNAL, "response ended without grpc-status"))
             return
-        status = status_from_wire(code.decode("ascii", "replace"))
+        if code == b"0":
+            status = StatusCode.OK
+        else:
+            status = status_from_wire(code.decode("ascii", "replace"))
         text = percent_decode(message) if message is not None else ""
-        details = self.trailing_metadata.get("grpc-status-details-bin")
         if status == StatusCode.OK:
             self.code, self.details = status, text
             self._end(None)
         else:
+            trailing = self.trailing_metadata
+            assert trailing is not None
+            details = trailing.get("grpc-status-details-bin")
             self._end(
                 GrpcError(
                     status,
                     text,
                     details=details if isinstance(details, bytes) else None,
-                    trailing_metadata=self.trailing_metadata,
+                    trailing_metadata=trailing,
                 )
             )
 
@@ -338,7 +389,7 @@ class ClientCall(Generic[T]):
 
     def _reset(self, error_code: int) -> None:
         if not self._done:
-            code = _RESET_TO_GRPC.get(ErrorCodes(error_code), StatusCode.INTERNAL)
+            code = _RESET_TO_GRPC.get(error_code, StatusCode.INTERNAL)
             self._end(GrpcError(code, f"stream reset by the server ({error_code})"))
 
     def _fail(self, error: GrpcError) -> None:
@@ -374,8 +425,28 @@ class ClientCall(Generic[T]):
         opened, self._opened = self._opened, None
         if opened is not None:
             opened.callback(None)
+        done, self._done_waiter = self._done_waiter, None
+        if done is not None:
+            done.callback(None)
         self._wake()
         self._wake_writer()
+
+    async def _unary_response(self) -> T:
+        """The one response of a unary-response call, once the call has ended."""
+        if not self._done:
+            waiter: Deferred[None] = Deferred()
+            self._done_waiter = waiter
+            try:
+                await waiter
+            except CancelledError:
+                self.cancel()
+                raise
+        if self._error is not None:
+            raise self._error
+        queue = self._queue
+        if not queue:
+            raise GrpcError(StatusCode.INTERNAL, "no response message for a unary call")
+        return queue.popleft()
 
 
 class GrpcClientProtocol(Protocol):
@@ -384,7 +455,14 @@ class GrpcClientProtocol(Protocol):
     def __init__(self, reactor: IReactorTime, options: GrpcClientOptions) -> None:
         self.reactor = reactor
         self.options = options
-        self.conn = H2Connection(_CONFIG)
+        self.conn = H2Connection(
+            True,
+            {
+                SettingCodes.INITIAL_WINDOW_SIZE: options.initial_window_size,
+                SettingCodes.ENABLE_PUSH: 0,
+                SettingCodes.MAX_HEADER_LIST_SIZE: 65536,
+            },
+        )
         self.calls: dict[int, ClientCall[Message]] = {}
         self.pending: deque[ClientCall[Message]] = deque()
         self.closed = False
@@ -392,16 +470,11 @@ class GrpcClientProtocol(Protocol):
         self.lost: Deferred[None] = Deferred()
         self._keepalive: IDelayedCall | None = None
         self._ping_timeout: IDelayedCall | None = None
+        self._header_prefixes: dict[tuple[str, bytes, bytes], tuple[tuple[bytes, bytes], ...]] = {}
 
     def connectionMade(self) -> None:
         conn = self.conn
         conn.initiate_connection()
-        conn.update_settings(
-            {
-                SettingCodes.INITIAL_WINDOW_SIZE: self.options.initial_window_size,
-                SettingCodes.ENABLE_PUSH: 0,
-            }
-        )
         if self.options.connection_window_size > 65535:
             conn.increment_flow_control_window(self.options.connection_window_size - 65535)
         self.flush()
@@ -449,18 +522,16 @@ class GrpcClientProtocol(Protocol):
                     )
                 else:
                     call._data(event.data, event.flow_controlled_length)
+                    if event.stream_ended:
+                        call._stream_ended()
             elif isinstance(event, ResponseReceived):
                 call = self.calls.get(event.stream_id)
                 if call is not None:
-                    call._headers(event.headers, event.stream_ended is not None)
+                    call._headers(event.headers, event.stream_ended)
             elif isinstance(event, TrailersReceived):
                 call = self.calls.get(event.stream_id)
                 if call is not None:
                     call._trailers(event.headers)
-            elif isinstance(event, StreamEnded):
-                call = self.calls.get(event.stream_id)
-                if call is not None:
-                    call._stream_ended()
             elif isinstance(event, StreamReset):
                 call = self.calls.get(event.stream_id)
                 if call is not None:
@@ -478,7 +549,7 @@ class GrpcClientProtocol(Protocol):
                 self.going_away = GrpcError(StatusCode.UNAVAILABLE, "server sent GOAWAY")
                 last = event.last_stream_id
                 for stream_id, call in list(self.calls.items()):
-                    if last is None or stream_id > last:
+                    if stream_id > last:
                         call._end(self.going_away)
                 pending, self.pending = self.pending, deque()
                 for call in pending:
@@ -518,30 +589,73 @@ class GrpcClientProtocol(Protocol):
         metadata: Iterable[tuple[str, MetadataValue]],
         authority: bytes,
         scheme: bytes,
+        unary_request: bytes | None = None,
     ) -> ClientCall[T]:
+        """
+        Open a call (or queue it behind the server's stream limit).  With *unary_request*
+        (a framed message), the call is unary-response and that request is sent with the
+        headers when the stream opens at once within the flow-control window.
+        """
         if self.closed:
             raise GrpcError(StatusCode.UNAVAILABLE, "connection closed")
         if self.going_away is not None:
             raise self.going_away
-        headers = [
-            (b":method", b"POST"),
-            (b":scheme", scheme),
-            (b":path", method.encode("ascii")),
-            (b":authority", authority),
-            (b"content-type", b"application/grpc"),
-            (b"te", b"trailers"),
-            (b"grpc-accept-encoding", ACCEPT_ENCODING),
-            (b"user-agent", self.options.user_agent.encode("ascii")),
-        ]
+        key = (method, authority, scheme)
+        prefix = self._header_prefixes.get(key)
+        if prefix is None:
+            prefix = (
+                (b":method", b"POST"),
+                (b":scheme", scheme),
+                (b":path", method.encode("ascii")),
+                (b":authority", authority),
+                (b"content-type", b"application/grpc"),
+                (b"te", b"trailers"),
+                (b"grpc-accept-encoding", ACCEPT_ENCODING),
+                (b"user-agent", self.options.user_agent.encode("ascii")),
+            )
+            if len(self._header_prefixes) >= 256:
+                self._header_prefixes.clear()
+            self._header_prefixes[key] = prefix
+        headers = list(prefix)
         if timeout is not None:
             headers.append((b"grpc-timeout", format_timeout(timeout)))
-        headers.extend(encode_metadata(metadata))
+        if isinstance(metadata, tuple):
+            if metadata:
+                headers.extend(_encode_metadata_cached(metadata))
+        else:
+            headers.extend(encode_metadata(metadata))
         call: ClientCall[T] = ClientCall(self, headers, response_type)
+        call._unary = unary_request is not None
         if timeout is not None:
             call._timer = self.reactor.callLater(timeout, call._deadline_exceeded)
-        self.pending.append(call)  # type: ignore[arg-type]
-        self.start_pending()
+        conn = self.conn
+        if not self.pending and (
+            conn.open_outbound_streams < conn.remote_settings.max_concurrent_streams
+        ):
+            call._open(conn.get_next_available_stream_id(), unary_request)
+        else:
+            self.pending.append(call)  # type: ignore[arg-type]
+            self.start_pending()
         return call
+
+
+_METADATA_CACHE: dict[tuple[tuple[str, MetadataValue], ...], list[tuple[bytes, bytes]]] = {}
+
+
+def _encode_metadata_cached(
+    metadata: tuple[tuple[str, MetadataValue], ...],
+) -> list[tuple[bytes, bytes]]:
+    """``encode_metadata`` for a tuple, remembered: callers pass the same few constants."""
+    try:
+        encoded = _METADATA_CACHE.get(metadata)
+    except TypeError:  # unhashable values
+        return encode_metadata(metadata)
+    if encoded is None:
+        encoded = encode_metadata(metadata)
+        if len(_METADATA_CACHE) >= 256:
+            _METADATA_CACHE.clear()
+        _METADATA_CACHE[metadata] = encoded
+    return encoded
 
 
 class GrpcChannel:
@@ -589,11 +703,30 @@ class GrpcChannel:
         metadata: Iterable[tuple[str, MetadataValue]] = (),
     ) -> T:
         """Call a unary method and return its response (raises :class:`GrpcError`)."""
-        call = self.start(method, response_type, timeout=timeout, metadata=metadata)
+        protocol = self.protocol
+        payload = request.SerializeToString()
+        limit = protocol.options.max_send_message_size
+        if len(payload) > limit:
+            raise GrpcError(
+                StatusCode.RESOURCE_EXHAUSTED,
+                f"message larger than max ({len(payload)} vs. {limit})",
+            )
+        data = frame_message(payload)
+        call = protocol.start_call(
+            method,
+            response_type,
+            timeout=timeout,
+            metadata=metadata,
+            authority=self._authority,
+            scheme=self._scheme,
+            unary_request=data,
+        )
         try:
-            await call.send(request)
-            call.done_sending()
-            return await _single_response(call)
+            if not call._sending_done:
+                await call._send_framed(data)
+                call.done_sending()
+            protocol.flush()
+            return await call._unary_response()
         except CancelledError:
             call.cancel()
             raise

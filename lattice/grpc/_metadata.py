@@ -185,6 +185,10 @@ def format_timeout(seconds: float) -> bytes:
     """Format a timeout in seconds as a ``grpc-timeout`` value (at most 8 digits)."""
     if seconds <= 0:
         return b"1n"
+    if 1.0 <= seconds < 99_999.0:
+        # Millisecond precision is plenty from a second up, and repeats from call to call
+        # (the header's encoding is cached).
+        return b"%dm" % int(seconds * 1000 + 0.999999)
     for suffix, scale in ((b"n", 1e9), (b"u", 1e6), (b"m", 1e3), (b"S", 1.0), (b"M", 1 / 60)):
         value = int(seconds * scale + 0.999999)
         if value < 100_000_000:

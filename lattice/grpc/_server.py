@@ -1,4 +1,4 @@
-"""The gRPC server: a Twisted protocol on ``h2`` that shares its port with HTTP/1.1."""
+"""The gRPC server: a Twisted protocol on HTTP/2 that shares its port with HTTP/1.1."""
 
 from __future__ import annotations
 
@@ -10,22 +10,6 @@ from typing import Any, NoReturn, cast
 
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
-from h2.config import H2Configuration
-from h2.connection import ConnectionState, H2Connection
-from h2.errors import ErrorCodes
-from h2.events import (
-    ConnectionTerminated,
-    DataReceived,
-    PingAckReceived,
-    RemoteSettingsChanged,
-    RequestReceived,
-    StreamEnded,
-    StreamReset,
-    WindowUpdated,
-)
-from h2.exceptions import ProtocolError, StreamClosedError
-from h2.settings import SettingCodes
-from hyperframe.frame import GoAwayFrame, SettingsFrame
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.interfaces import (
     IAddress,
@@ -52,6 +36,22 @@ from lattice.grpc._framing import (
     decompress,
     frame_message,
 )
+from lattice.grpc._http2 import (
+    PREFACE,
+    ConnectionTerminated,
+    DataReceived,
+    ErrorCodes,
+    H2Connection,
+    PingAckReceived,
+    ProtocolError,
+    RemoteSettingsChanged,
+    RequestReceived,
+    SettingCodes,
+    StreamClosedError,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+)
 from lattice.grpc._metadata import (
     Metadata,
     MetadataValue,
@@ -66,23 +66,16 @@ from lattice.tls import PeerIdentity, peer_identity
 
 _log = Logger()
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MIB = 1024 * 1024
 
-_CONFIG = H2Configuration(
-    client_side=False,
-    header_encoding=None,
-    validate_outbound_headers=False,
-    normalize_outbound_headers=False,
-    validate_inbound_headers=False,
-    normalize_inbound_headers=False,
-)
 _STATUS_200 = (b":status", b"200")
 _CONTENT_TYPE = (b"content-type", b"application/grpc")
 _RESPONSE_HEADERS = [_STATUS_200, _CONTENT_TYPE]
 _TRAILERS_OK = [(b"grpc-status", b"0")]
 _PING_DATA = b"lattice\x00"
-_H2_STREAM_LIMIT = 2**31 - 1
+# Streams a client may reset per second before the connection is closed (the HTTP/2 "rapid
+# reset" attack opens and cancels streams to make the server start and stop work for free).
+_MAX_RESETS_PER_SECOND = 1000
 
 # Connection modes.
 _SNIFFING, _H2, _HTTP, _CLOSED = range(4)
@@ -323,6 +316,18 @@ class ServerContext:
             headers = headers + self._initial_metadata
         self._protocol._conn.send_headers(self._stream_id, headers)
 
+    def _write_at_once(self, data: bytes) -> bool:
+        """Queue *data* if the windows allow all of it now (the caller flushes)."""
+        protocol = self._protocol
+        if protocol._paused or protocol._mode != _H2 or self._finished:
+            return False
+        conn = protocol._conn
+        if len(data) > conn.local_flow_control_window(self._stream_id):
+            return False
+        self._send_headers()
+        conn.send_data(self._stream_id, data)
+        return True
+
     async def _write(self, data: bytes) -> None:
         protocol = self._protocol
         conn = protocol._conn
@@ -452,7 +457,9 @@ class ServerContext:
                     )
                 if self._finished:
                     return
-                await self._write(self._encode(response))
+                data = self._encode(response)
+                if not self._write_at_once(data):
+                    await self._write(data)
             elif info.handler_is_generator:
                 responses = info.handler(argument, self)
                 try:
@@ -569,7 +576,7 @@ class GrpcServerProtocol(Protocol):
         self._methods = factory._methods
         self._mode = _SNIFFING
         self._sniffed = b""
-        self._conn: H2Connection = H2Connection(_CONFIG)
+        self._conn: H2Connection = H2Connection(False)
         self._streams: dict[int, ServerContext] = {}
         self._blocked: set[ServerContext] = set()
         self._paused = False
@@ -580,6 +587,8 @@ class GrpcServerProtocol(Protocol):
         self._keepalive_call: IDelayedCall | None = None
         self._ping_timeout_call: IDelayedCall | None = None
         self._response_headers_by_encoding: dict[bytes | None, list[tuple[bytes, bytes]]] = {}
+        self._resets = 0
+        self._resets_since = 0.0
         self.closed: Deferred[None] = Deferred()
 
     # Connection-level plumbing.
@@ -652,27 +661,20 @@ class GrpcServerProtocol(Protocol):
         assert transport is not None
         options = self._options
         self.identity = peer_identity(transport)
-        conn = self._conn
-        conn.initiate_connection()
-        conn.update_settings(
+        conn = self._conn = H2Connection(
+            False,
             {
-                SettingCodes.MAX_CONCURRENT_STREAMS: _H2_STREAM_LIMIT,
+                SettingCodes.MAX_CONCURRENT_STREAMS: options.max_concurrent_streams,
                 SettingCodes.INITIAL_WINDOW_SIZE: options.initial_window_size,
                 SettingCodes.MAX_FRAME_SIZE: options.max_frame_size,
                 SettingCodes.MAX_HEADER_LIST_SIZE: options.max_header_list_size,
                 SettingCodes.ENABLE_PUSH: 0,
-            }
+            },
         )
+        conn.initiate_connection()
         if options.connection_window_size > 65535:
             conn.increment_flow_control_window(options.connection_window_size - 65535)
-        # The stream limit goes in a SETTINGS frame of its own, after h2's: h2 would treat a
-        # client exceeding it as a connection error, where RFC 9113 5.1.2 allows refusing
-        # just the stream.  h2 enforces only _H2_STREAM_LIMIT; _request_received enforces
-        # the advertised limit with REFUSED_STREAM.
         self._flush()
-        settings = SettingsFrame(0)
-        settings.settings = {SettingCodes.MAX_CONCURRENT_STREAMS: options.max_concurrent_streams}
-        transport.write(settings.serialize())
         cast(IConsumer, transport).registerProducer(self, True)
         self._schedule_keepalive()
         self._h2_received(data)
@@ -686,13 +688,19 @@ class GrpcServerProtocol(Protocol):
         if not self._receiving:
             self._flush()
 
-    # IPushProducer: the transport's buffer is full, stop sending.
+    # IPushProducer: the transport's buffer is full, stop sending.  Reading stops too: a
+    # client that does not read what we send must not make us queue answers (PING and
+    # SETTINGS acknowledgements, resets) without bound; TCP then pushes back on it.
 
     def pauseProducing(self) -> None:
         self._paused = True
+        if self.transport is not None and self._mode == _H2:
+            cast(IPushProducer, self.transport).pauseProducing()
 
     def resumeProducing(self) -> None:
         self._paused = False
+        if self.transport is not None and self._mode == _H2:
+            cast(IPushProducer, self.transport).resumeProducing()
         self._wake_writers(None)
 
     def stopProducing(self) -> None:
@@ -732,9 +740,11 @@ class GrpcServerProtocol(Protocol):
                         )
                     else:
                         stream._data_received(event.data, event.flow_controlled_length)
+                        if event.stream_ended:
+                            stream._end_of_requests()
                 elif isinstance(event, RequestReceived):
                     self._request_received(event)
-                elif isinstance(event, StreamEnded):
+                elif isinstance(event, TrailersReceived):
                     stream = self._streams.get(event.stream_id)
                     if stream is not None:
                         stream._end_of_requests()
@@ -742,6 +752,8 @@ class GrpcServerProtocol(Protocol):
                     stream = self._streams.get(event.stream_id)
                     if stream is not None:
                         stream._reset_by_peer()
+                    if event.remote_reset and self._count_reset():
+                        return
                 elif isinstance(event, WindowUpdated):
                     self._wake_writers(event.stream_id)
                 elif isinstance(event, RemoteSettingsChanged):
@@ -754,12 +766,23 @@ class GrpcServerProtocol(Protocol):
                         self._close()
                         return
                     # The client opens no more streams, but those it has are still to be
-                    # answered.  h2 treats any GOAWAY as the end of the connection; keep its
-                    # state machine open until they are done.
-                    self._conn.state_machine.state = ConnectionState.SERVER_OPEN
+                    # answered.
         finally:
             self._receiving = False
         self._flush()
+
+    def _count_reset(self) -> bool:
+        """Count a stream reset by the client; close the connection if they come too fast."""
+        now = self._reactor.seconds()
+        if now - self._resets_since >= 1.0:
+            self._resets_since = now
+            self._resets = 0
+        self._resets += 1
+        if self._resets <= _MAX_RESETS_PER_SECOND:
+            return False
+        _log.info("{peer} resets streams too fast, closing", peer=self._peer())
+        self._close(error_code=ErrorCodes.ENHANCE_YOUR_CALM)
+        return True
 
     def _response_headers(self, encoding: bytes | None) -> list[tuple[bytes, bytes]]:
         headers = self._response_headers_by_encoding.get(encoding)
@@ -799,10 +822,10 @@ class GrpcServerProtocol(Protocol):
             elif name == b"grpc-accept-encoding":
                 accept = value
         if method != b"POST":
-            self._http_error(stream_id, b"405", event.stream_ended is None)
+            self._http_error(stream_id, b"405", not event.stream_ended)
             return
         if content_type is None or not content_type.startswith(b"application/grpc"):
-            self._http_error(stream_id, b"415", event.stream_ended is None)
+            self._http_error(stream_id, b"415", not event.stream_ended)
             return
         info = self._methods.get(path or b"")
         if info is None:
@@ -810,7 +833,7 @@ class GrpcServerProtocol(Protocol):
                 stream_id,
                 StatusCode.UNIMPLEMENTED,
                 f"Method not found: {(path or b'').decode('ascii', 'replace')}",
-                event.stream_ended is None,
+                not event.stream_ended,
             )
             return
         if encoding == b"identity":
@@ -820,7 +843,7 @@ class GrpcServerProtocol(Protocol):
                 stream_id,
                 StatusCode.UNIMPLEMENTED,
                 f"Unsupported grpc-encoding {encoding.decode('ascii', 'replace')}",
-                event.stream_ended is None,
+                not event.stream_ended,
                 [(b"grpc-accept-encoding", ACCEPT_ENCODING)],
             )
             return
@@ -847,7 +870,7 @@ class GrpcServerProtocol(Protocol):
             stream._timer = self._reactor.callLater(seconds, stream._deadline_exceeded)
         if info.client_streaming:
             stream._start(None)
-        if event.stream_ended is not None and not stream._finished:
+        if event.stream_ended and not stream._finished:
             stream._end_of_requests()
 
     def _http_error(self, stream_id: int, status: bytes, open_remote: bool) -> None:
@@ -917,12 +940,11 @@ class GrpcServerProtocol(Protocol):
     def _peer(self) -> str:
         return str(self.transport.getPeer()) if self.transport is not None else "?"
 
-    def _close(self, abort: bool = False) -> None:
+    def _close(self, abort: bool = False, error_code: int = ErrorCodes.NO_ERROR) -> None:
         """Send a final GOAWAY (if HTTP/2) and close the connection."""
         transport = self.transport
         if self._mode == _H2:
-            with contextlib.suppress(ProtocolError):
-                self._conn.close_connection(last_stream_id=self._conn.highest_inbound_stream_id)
+            self._conn.close_connection(error_code)
             self._flush()
         self._mode = _CLOSED
         if transport is not None:
@@ -935,20 +957,15 @@ class GrpcServerProtocol(Protocol):
         """
         Start a graceful shutdown: GOAWAY now, close once in-flight calls have finished.
 
-        The GOAWAY is written directly so that the ``h2`` connection keeps accepting frames
-        for the streams that are still running.
+        The connection keeps accepting frames for the streams that are still running.
         """
         if self._mode == _H2:
             if self._draining:
                 return
             self._draining = True
             self._last_stream_id = self._conn.highest_inbound_stream_id
+            self._conn.send_goaway(self._last_stream_id)
             self._flush()
-            goaway = GoAwayFrame(0)
-            goaway.last_stream_id = self._last_stream_id
-            goaway.error_code = ErrorCodes.NO_ERROR
-            assert self.transport is not None
-            self.transport.write(goaway.serialize())
             if not self._streams:
                 self._close()
         elif self.transport is not None and self._mode != _CLOSED:

@@ -15,7 +15,7 @@ unavailable"; serializable ranges are retried on any member that answers.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
@@ -155,16 +155,17 @@ class _Channel:
     def closed(self) -> bool:
         return bool(self._channel.protocol.closed)
 
-    async def unary_unary(
+    def unary_unary(
         self,
         method: str,
         request: Message,
         response_type: type[T],
         *,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
         metadata: Sequence[tuple[str, str]] = (),
-    ) -> T:
-        return await self._channel.unary_unary(
+    ) -> Coroutine[Any, Any, T]:
+        # The channel's coroutine itself: one frame less on every call's await chain.
+        return self._channel.unary_unary(
             method, request, response_type, timeout=timeout, metadata=metadata
         )
 
@@ -339,11 +340,13 @@ class UpstreamPool:
             if remaining <= 0:
                 break
             endpoint = self.endpoints[index]
-            try:
-                channel = await self.channel(index)
-            except Exception as e:
-                last = f"{endpoint.url}: {e}"
-                continue
+            channel = self._channels.get(index)
+            if channel is None or channel.closed:
+                try:
+                    channel = await self.channel(index)
+                except Exception as e:
+                    last = f"{endpoint.url}: {e}"
+                    continue
             try:
                 response = await channel.unary_unary(
                     method, request, response_type, timeout=remaining, metadata=metadata
@@ -367,7 +370,8 @@ class UpstreamPool:
                 continue
             self.current = index
             if linearizable:
-                self._report(True, True, f"linearizable via {endpoint.url}")
+                if self.can_linearize is not True or self.reachable is not True:
+                    self._report(True, True, f"linearizable via {endpoint.url}")
             elif self.reachable is not True:
                 self._report(None, True, f"reachable via {endpoint.url}")
             return response

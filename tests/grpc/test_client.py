@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from h2.connection import ConnectionState
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
@@ -192,8 +191,7 @@ class ClientTests(SynchronousTestCase):
                 ECHO + "UnaryEcho", EchoRequest(message="after", delay_ms=100), EchoResponse
             )
         )
-        self.client.conn.close_connection(last_stream_id=0)
-        self.client.conn.state_machine.state = ConnectionState.CLIENT_OPEN
+        self.client.conn.send_goaway(0)
         self.client.flush()
         self.pump.flush()
         self.clock.advance(0.1)

@@ -17,7 +17,7 @@ from twisted.web.static import Data
 
 from lattice.grpc import GrpcServerFactory, GrpcServerOptions, ServerContext, StatusCode
 from lattice.grpc._framing import compress, frame_message
-from lattice.grpc._server import PREFACE
+from lattice.grpc._http2 import PREFACE
 from lattice.grpc.testing import ECHO_SERVICE, EchoRequest, EchoResponse
 from tests.grpc._harness import ECHO, Harness
 
