@@ -811,6 +811,9 @@ async def _single_response(call: ClientCall[T]) -> T:
 
 
 class _SingleProtocolFactory(Factory):
+    # One factory per connection attempt: "Starting factory" lines would say nothing.
+    noisy = False
+
     def __init__(self, protocol: GrpcClientProtocol) -> None:
         self._protocol = protocol
 
