@@ -75,6 +75,20 @@ class Limits:
     lease_ttl_max: int = 86400
     default_tenant: str = "default"
 
+    def lease_ttl(self, request: rpc_pb2.LeaseGrantRequest) -> int:
+        """
+        The TTL a LeaseGrant gets: the default when it asks for none, refused above the
+        maximum; a negative lease ID is refused too.
+
+        :raises KVError: etcd's errors for either.
+        """
+        ttl = request.TTL if request.TTL > 0 else self.lease_ttl_default
+        if ttl > self.lease_ttl_max:
+            raise lease_ttl_too_large()
+        if request.ID < 0:
+            raise KVError("INVALID_ARGUMENT", "etcdserver: lease ID must be positive")
+        return int(ttl)
+
 
 @dataclass(frozen=True)
 class Caller:
@@ -133,6 +147,13 @@ class EtcdApi:
         self._callers: dict[tuple[str, str | None], Caller] = {}
 
     # -- callers -------------------------------------------------------------------------
+
+    def stream_caller(self, context: CallContext) -> Caller:
+        """:meth:`caller` for a streaming call: a refusal ends the call with its status."""
+        try:
+            return self.caller(context)
+        except KVError as e:
+            raise GrpcError(StatusCode[e.code], e.message) from None
 
     def caller(self, context: CallContext) -> Caller:
         """Identify the caller from its certificate and token."""
@@ -458,6 +479,42 @@ class WatchResponseQueue:
             wake, self.wake = self.wake, None
             wake.callback(None)
 
+    async def create(self, request: rpc_pb2.WatchCreateRequest) -> None:
+        """Start one watch (or answer why not)."""
+        raise NotImplementedError
+
+    async def cancel(self, watch_id: int) -> None:
+        """Cancel one watch."""
+        raise NotImplementedError
+
+    def progress(self) -> None:
+        """Answer a progress request."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """The call ended: drop every watch and end the responses."""
+        raise NotImplementedError
+
+    async def serve(self, requests: AsyncIterable[Any], metrics: KVMetrics | None) -> None:
+        """Run one Watch call: its requests in order, its responses until the end."""
+        sender = Deferred.fromCoroutine(self.send_loop())
+        if metrics is not None:
+            metrics.watch_streams.inc()
+        try:
+            async for request in requests:
+                kind = request.WhichOneof("request_union")
+                if kind == "create_request":
+                    await self.create(request.create_request)
+                elif kind == "cancel_request":
+                    await self.cancel(request.cancel_request.watch_id)
+                elif kind == "progress_request":
+                    self.progress()
+        finally:
+            await self.close()
+            if metrics is not None:
+                metrics.watch_streams.dec()
+        await sender
+
     async def send_loop(self) -> None:
         while True:
             while self.outgoing:
@@ -542,7 +599,7 @@ class _WatchStream(WatchResponseQueue):
             size += cost
         self.push(part)
 
-    def create(self, request: rpc_pb2.WatchCreateRequest) -> None:
+    async def create(self, request: rpc_pb2.WatchCreateRequest) -> None:
         api = self.api
         caller = self.caller
         watch_id = request.watch_id or self.next_id
@@ -600,7 +657,7 @@ class _WatchStream(WatchResponseQueue):
             return
         self.watchers[watch_id] = watcher
 
-    def cancel(self, watch_id: int) -> None:
+    async def cancel(self, watch_id: int) -> None:
         watcher = self.watchers.pop(watch_id, None)
         self.progress_notify.discard(watch_id)
         self.fragment.discard(watch_id)
@@ -624,7 +681,8 @@ class _WatchStream(WatchResponseQueue):
         self.api.header(response.header, self.api.store.hub.published)
         self.push(response)
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        self.api.watch_streams.discard(self)
         for watcher in self.watchers.values():
             self.api.store.hub.cancel(watcher)
         self.watchers.clear()
@@ -642,30 +700,9 @@ class WatchService:
         api = self._api
         if api.metrics is not None:
             api.metrics.request("Watch")
-        try:
-            caller = api.caller(context)
-        except KVError as e:
-            raise GrpcError(StatusCode[e.code], e.message) from None
-        stream = _WatchStream(api, caller, context)
+        stream = _WatchStream(api, api.stream_caller(context), context)
         api.watch_streams.add(stream)
-        sender = Deferred.fromCoroutine(stream.send_loop())
-        if api.metrics is not None:
-            api.metrics.watch_streams.inc()
-        try:
-            async for request in requests:
-                kind = request.WhichOneof("request_union")
-                if kind == "create_request":
-                    stream.create(request.create_request)
-                elif kind == "cancel_request":
-                    stream.cancel(request.cancel_request.watch_id)
-                elif kind == "progress_request":
-                    stream.progress()
-        finally:
-            api.watch_streams.discard(stream)
-            stream.close()
-            if api.metrics is not None:
-                api.metrics.watch_streams.dec()
-        await sender
+        await stream.serve(requests, api.metrics)
 
 
 class LeaseService:
@@ -680,11 +717,7 @@ class LeaseService:
         api = self._api
 
         async def handle(caller: Caller) -> rpc_pb2.LeaseGrantResponse:
-            ttl = request.TTL if request.TTL > 0 else api.limits.lease_ttl_default
-            if ttl > api.limits.lease_ttl_max:
-                raise lease_ttl_too_large()
-            if request.ID < 0:
-                raise KVError("INVALID_ARGUMENT", "etcdserver: lease ID must be positive")
+            ttl = api.limits.lease_ttl(request)
             lease, seq = api.store.lease_grant(request.ID, ttl, caller.tenant)
             await api.durable(seq)
             response = rpc_pb2.LeaseGrantResponse(ID=lease.id, TTL=lease.ttl)
@@ -709,10 +742,7 @@ class LeaseService:
 
     async def lease_keep_alive(self, requests: AsyncIterable[Any], context: CallContext) -> None:
         api = self._api
-        try:
-            caller = api.caller(context)
-        except KVError as e:
-            raise GrpcError(StatusCode[e.code], e.message) from None
+        caller = api.stream_caller(context)
         async for request in requests:
             if api.metrics is not None:
                 api.metrics.request("LeaseKeepAlive")

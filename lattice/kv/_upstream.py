@@ -50,7 +50,7 @@ from lattice.kv._api import (
     _strip_txn,
 )
 from lattice.kv._auth import AuthStore
-from lattice.kv._errors import KVError, empty_key, lease_ttl_too_large
+from lattice.kv._errors import KVError, empty_key
 from lattice.kv._metrics import KVMetrics
 from lattice.kv._proto import rpc_pb2
 from lattice.kv._quota import Quotas
@@ -866,28 +866,8 @@ class UpstreamWatch:
         api = self._api
         if api.metrics is not None:
             api.metrics.request("Watch")
-        try:
-            caller = api.caller(context)
-        except KVError as e:
-            raise GrpcError(StatusCode[e.code], e.message) from None
-        stream = _UpstreamWatchStream(api, caller, context)
-        sender = Deferred.fromCoroutine(stream.send_loop())
-        if api.metrics is not None:
-            api.metrics.watch_streams.inc()
-        try:
-            async for request in requests:
-                kind = request.WhichOneof("request_union")
-                if kind == "create_request":
-                    await stream.create(request.create_request)
-                elif kind == "cancel_request":
-                    await stream.cancel(request.cancel_request.watch_id)
-                elif kind == "progress_request":
-                    stream.progress()
-        finally:
-            await stream.close()
-            if api.metrics is not None:
-                api.metrics.watch_streams.dec()
-        await sender
+        stream = _UpstreamWatchStream(api, api.stream_caller(context), context)
+        await stream.serve(requests, api.metrics)
 
 
 class UpstreamLease:
@@ -902,12 +882,7 @@ class UpstreamLease:
         api = self._api
 
         async def handle(caller: Caller) -> rpc_pb2.LeaseGrantResponse:
-            ttl = request.TTL if request.TTL > 0 else api.limits.lease_ttl_default
-            if ttl > api.limits.lease_ttl_max:
-                raise lease_ttl_too_large()
-            if request.ID < 0:
-                raise KVError("INVALID_ARGUMENT", "etcdserver: lease ID must be positive")
-            request.TTL = ttl
+            request.TTL = api.limits.lease_ttl(request)
             response = await api.pool.call(
                 _path(_LEASE, "LeaseGrant"), request, rpc_pb2.LeaseGrantResponse
             )
@@ -933,10 +908,7 @@ class UpstreamLease:
 
     async def lease_keep_alive(self, requests: AsyncIterable[Any], context: CallContext) -> None:
         api = self._api
-        try:
-            caller = api.caller(context)
-        except KVError as e:
-            raise GrpcError(StatusCode[e.code], e.message) from None
+        caller = api.stream_caller(context)
         path = _path(_LEASE, "LeaseKeepAlive")
         upstream: ClientCall[rpc_pb2.LeaseKeepAliveResponse] | None = None
         try:
