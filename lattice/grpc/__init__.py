@@ -2,25 +2,53 @@
 gRPC for Lattice, served and called natively on Twisted over its own HTTP/2 layer.
 
 See ``docs/grpc.rst``.
+
+The names are imported on first use, so that a daemon that only calls (the LSP client)
+does not load the server, and the reverse.
 """
 
-from lattice.grpc._client import (
-    ClientCall,
-    GrpcChannel,
-    GrpcClientOptions,
-    GrpcClientProtocol,
-    connect_channel,
-)
-from lattice.grpc._metadata import Metadata, MetadataValue
-from lattice.grpc._server import (
-    GrpcServerFactory,
-    GrpcServerOptions,
-    GrpcServerProtocol,
-    RequestStream,
-    ServerContext,
-)
-from lattice.grpc._service import CallShape, method_path
-from lattice.grpc._status import GrpcError, StatusCode
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lattice.grpc._client import (
+        ClientCall,
+        GrpcChannel,
+        GrpcClientOptions,
+        GrpcClientProtocol,
+        connect_channel,
+    )
+    from lattice.grpc._metadata import Metadata, MetadataValue
+    from lattice.grpc._server import (
+        GrpcServerFactory,
+        GrpcServerOptions,
+        GrpcServerProtocol,
+        RequestStream,
+        ServerContext,
+    )
+    from lattice.grpc._service import CallShape, method_path
+    from lattice.grpc._status import GrpcError, StatusCode
+
+_HOMES = {
+    "ClientCall": "_client",
+    "GrpcChannel": "_client",
+    "GrpcClientOptions": "_client",
+    "GrpcClientProtocol": "_client",
+    "connect_channel": "_client",
+    "Metadata": "_metadata",
+    "MetadataValue": "_metadata",
+    "GrpcServerFactory": "_server",
+    "GrpcServerOptions": "_server",
+    "GrpcServerProtocol": "_server",
+    "RequestStream": "_server",
+    "ServerContext": "_server",
+    "CallShape": "_service",
+    "method_path": "_service",
+    "GrpcError": "_status",
+    "StatusCode": "_status",
+}
 
 __all__ = [
     "CallShape",
@@ -40,3 +68,16 @@ __all__ = [
     "connect_channel",
     "method_path",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,10 +1,38 @@
 """
 The Lattice Store Protocol: how registry-managed daemons reach state.
 
-See ``docs/registry.rst``.  Daemon authors use :mod:`lattice.lsp.client`.
+See ``docs/registry.rst``.  Daemon authors use :mod:`lattice.lsp.client`; the server side
+below is imported on first use, so that a daemon importing the client does not load it.
 """
 
-from lattice.lsp._server import PROTOCOL_VERSION, LspServer, add_lsp_services
-from lattice.lsp._tokens import Grant, TokenBook
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lattice.lsp._server import PROTOCOL_VERSION, LspServer, add_lsp_services
+    from lattice.lsp._tokens import Grant, TokenBook
+
+_HOMES = {
+    "PROTOCOL_VERSION": "_server",
+    "LspServer": "_server",
+    "add_lsp_services": "_server",
+    "Grant": "_tokens",
+    "TokenBook": "_tokens",
+}
 
 __all__ = ["PROTOCOL_VERSION", "Grant", "LspServer", "TokenBook", "add_lsp_services"]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
