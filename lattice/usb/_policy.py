@@ -5,13 +5,10 @@ the approval book.  Pure Python; the service persists the book.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import ipaddress
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -19,6 +16,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
+from lattice._files import write_atomically as write_private_file
 from lattice.usb._protocol import DeviceInfo
 
 __all__ = [
@@ -300,25 +298,9 @@ class ApprovalBook:
 
 def write_atomically(path: Path, document: Any) -> None:
     """
-    Write C{document} as JSON to C{path} (mode 0600): temporary file, fsync,
-    rename, fsync of the directory.  Blocking: call it from a thread.
+    Write C{document} as JSON to C{path} (mode 0600), atomically and durably
+    (L{lattice._files.write_atomically}).  Blocking: call it from a thread.
     """
     data = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    write_private_file(path, data)
