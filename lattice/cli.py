@@ -26,6 +26,7 @@ from lattice.identity import (
     create_identity_file,
     load_identity,
     load_or_create_identity,
+    successor_key_path,
 )
 from lattice.kv._cli import add_kv_commands
 from lattice.registry._cli import add_service_commands
@@ -81,17 +82,21 @@ def _identity_show(args: argparse.Namespace) -> int:
             config = _load(args)
             path = config.node.identity_key_path
             credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-            if not (credentials and (Path(credentials) / "private_key").exists()) and not (
-                path.exists()
+            if (
+                not (credentials and (Path(credentials) / "private_key").exists())
+                and not path.exists()
+                and not successor_key_path(config.node.state_dir).exists()
             ):
                 raise CommandError(
                     f"{path}: no identity key yet; it is created when the node first "
                     f"starts, or by: lattice identity init --key {path}"
                 )
-            identity, _ = load_or_create_identity(path)
+            identity, _ = load_or_create_identity(path, state_dir=config.node.state_dir)
     except IdentityError as e:
         raise CommandError(str(e)) from None
     _print_identity(identity)
+    if identity.warning:
+        print(f"warning: {identity.warning}", file=sys.stderr)
     return 0
 
 
@@ -128,8 +133,35 @@ def _identity_rotate(args: argparse.Namespace) -> int:
     print(f"key_id: {body.get('new_key_id')} (was {body.get('old_key_id')})")
     print(f"fingerprint: {body.get('fingerprint')}")
     print(f"server_uuid: {body.get('server_uuid')} (unchanged)")
-    print(f"key file: {body.get('key_path')} (old key kept in {body.get('previous_key_path')})")
+    if body.get("previous_key_path"):
+        print(f"key file: {body.get('key_path')} (old key kept in {body.get('previous_key_path')})")
+    else:
+        print(f"key file: {body.get('key_path')} (old key: {body.get('old_key_source')})")
+    if body.get("warning"):
+        print(f"warning: {body.get('warning')}", file=sys.stderr)
     print(f"rotation sent to {body.get('broadcast_to')} of {body.get('peers')} peers")
+    return 0
+
+
+def _identity_revoke(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if not config.discovery.enabled:
+        raise CommandError(
+            "identity revoke: revocations are signed and sent to peers by discovery, and "
+            "[discovery] enabled = false"
+        )
+    status, body = admin_request(
+        config, "POST", "/api/v1/identity/revoke", {"key_id": args.key_id, "reason": args.reason}
+    )
+    if status >= 400:
+        error = body.get("error") if isinstance(body, dict) else None
+        raise CommandError(f"identity revoke: HTTP {status}: {error or body}")
+    if not isinstance(body, dict):
+        raise CommandError(f"identity revoke: unexpected answer (HTTP {status})")
+    print(f"revoked: {body.get('key_id')} ({body.get('reason') or 'no reason given'})")
+    print(f"signed by: {body.get('current_key_id')} (the current key)")
+    print(f"server_uuid: {body.get('server_uuid')}")
+    print(f"revocation sent to {body.get('broadcast_to')} of {body.get('peers')} peers")
     return 0
 
 
@@ -309,6 +341,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("--config", "-c", default=argparse.SUPPRESS, help="INI file")
     rotate.set_defaults(handler=_identity_rotate)
+    revoke = identity_commands.add_parser(
+        "revoke",
+        help="revoke a rotated-out key of the running node; the revocation, signed by the "
+        "current key, is sent to its peers, which refuse that key from then on",
+    )
+    revoke.add_argument("key_id", help="the old key id (ed25519:...), as printed by rotate")
+    revoke.add_argument("--reason", default="", help="why (at most 200 characters)")
+    revoke.add_argument("--config", "-c", default=argparse.SUPPRESS, help="INI file")
+    revoke.set_defaults(handler=_identity_revoke)
 
     status = commands.add_parser("status", help="show readiness; exit 1 when not ready")
     status.add_argument("--json", action="store_true", help="print the raw /readyz document")

@@ -76,7 +76,9 @@ class NodeConfig:
         OPTIONAL_PATH,
         "Ed25519 private key (PKCS#8 PEM), created 0600 on first start. "
         "Empty means ``<state_dir>/private_key.pem``. "
-        "``$CREDENTIALS_DIRECTORY/private_key`` wins when present.",
+        "``$CREDENTIALS_DIRECTORY/private_key`` wins when present, unless the running node "
+        "rotated that key (``lattice identity rotate``): then the rotated key in the state "
+        "directory is used until the credential is updated (``docs/discovery.rst``).",
     )
     config_env: Path | None = setting(
         None,

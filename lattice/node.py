@@ -89,7 +89,14 @@ class NodeService(MultiService):
             key_id=identity.key_id,
             source=identity.source,
         )
-        self._component.set_ready(f"node id {identity.node_id}")
+        self._component.set_ready(self._identity_detail(identity))
+
+    @staticmethod
+    def _identity_detail(identity: NodeIdentity) -> str:
+        detail = f"node id {identity.node_id}"
+        if identity.warning and identity.warning.startswith("credential holds"):
+            detail += " (credential holds a rotated-out key; update it)"
+        return detail
 
     def node_id(self) -> str | None:
         """
@@ -106,7 +113,7 @@ class NodeService(MultiService):
             return
         try:
             identity, created = load_or_create_identity(
-                self._config.identity_key_path, self._environ
+                self._config.identity_key_path, self._environ, state_dir
             )
         except IdentityError as e:
             self._component.set_not_ready(str(e))
@@ -125,8 +132,10 @@ class NodeService(MultiService):
                 node_id=identity.node_id,
                 source=identity.source,
             )
+        if identity.warning:
+            self._log.warn("Node identity: {problem}", problem=identity.warning)
         super().startService()
-        self._component.set_ready(f"node id {identity.node_id}")
+        self._component.set_ready(self._identity_detail(identity))
         self._notifier.status("Starting: waiting for " + self._waiting_for())
         self._readiness.when_ready().addCallback(lambda _: self._announce_ready())
         self._readiness.observe(self._state_changed)

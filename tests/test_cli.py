@@ -5,6 +5,7 @@ Tests for the C{lattice} command (L{lattice.cli}).
 from __future__ import annotations
 
 import io
+import os
 import stat
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from lattice.cli import main
-from lattice.identity import NodeIdentity
+from lattice.identity import NodeIdentity, load_or_create_identity, rotate_identity_file
 
 
 class _CLITestCase(SynchronousTestCase):
@@ -125,6 +126,26 @@ class IdentityTests(_CLITestCase):
         code, _, err = self.run_cli("identity", "show", "--key", str(key))
         self.assertEqual(code, 1)
         self.assertIn("accessible by group or others", err)
+
+    def test_show_rotated_credential(self) -> None:
+        """
+        show prints the key the node uses (the rotated successor of its
+        credential's key) and warns that the credential must be updated.
+        """
+        path = self.write_config("[node]\nstate_dir = state\n")
+        state = path.parent / "state"
+        state.mkdir()
+        credentials = path.parent / "credentials"
+        credentials.mkdir()
+        old = NodeIdentity.generate()
+        (credentials / "private_key").write_bytes(old.private_pem())
+        self.patch(os, "environ", dict(os.environ, CREDENTIALS_DIRECTORY=str(credentials)))
+        current, _ = load_or_create_identity(state / "private_key.pem", state_dir=state)
+        new = rotate_identity_file(state / "private_key.pem", current, state)
+        code, out, err = self.run_cli("identity", "show", "--config", str(path))
+        self.assertEqual(code, 0, err)
+        self.assertIn(f"node_id: {new.node_id}", out)
+        self.assertIn("warning: credential holds a rotated-out key; update it", err)
 
 
 class StatusTests(_CLITestCase):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import stat
 from pathlib import Path
@@ -20,11 +21,16 @@ from lattice.identity import (
     NodeIdentity,
     PublicIdentity,
     create_identity_file,
+    is_signed_successor,
     load_identity,
     load_or_create_identity,
     node_id_of,
     previous_key_path,
+    read_rotation_chain,
     rotate_identity_file,
+    rotation_chain_path,
+    rotation_link,
+    successor_key_path,
 )
 
 
@@ -210,24 +216,6 @@ class RotationFileTests(SynchronousTestCase):
         previous = previous_key_path(self.path)
         self.assertEqual(load_identity(previous).public_key, second.public_key)
 
-    def test_credential_refused(self) -> None:
-        """
-        A key from C{$CREDENTIALS_DIRECTORY} is read-only: the rotation is
-        refused with a message saying to rotate the credential, and nothing is
-        written.
-        """
-        credentials = Path(self.mktemp())
-        credentials.mkdir()
-        (credentials / "private_key").write_bytes(NodeIdentity.generate().private_pem())
-        identity, _ = load_or_create_identity(
-            self.path, environ={"CREDENTIALS_DIRECTORY": str(credentials)}
-        )
-        with self.assertRaises(IdentityReadOnlyError) as raised:
-            rotate_identity_file(self.path, identity)
-        self.assertIn("rotate the credential", str(raised.exception))
-        self.assertEqual(load_identity(self.path).public_key, self.old.public_key)
-        self.assertFalse(previous_key_path(self.path).exists())
-
     def test_memory_identity_refused(self) -> None:
         """
         An identity not loaded from the key file is not rotated into it.
@@ -248,3 +236,173 @@ class RotationFileTests(SynchronousTestCase):
         self.assertIn("refusing to overwrite", str(raised.exception))
         self.assertEqual(load_identity(self.path).public_key, intruder.public_key)
         self.assertFalse(previous_key_path(self.path).exists())
+
+
+class CredentialRotationTests(SynchronousTestCase):
+    """
+    A key from C{$CREDENTIALS_DIRECTORY} is rotated into the state directory,
+    and at start-up a signed successor of the credential's key wins over it,
+    any other credential wins over the successor.
+    """
+
+    def setUp(self) -> None:
+        base = Path(self.mktemp()).absolute()
+        self.state = base / "state"
+        self.state.mkdir(parents=True)
+        self.path = self.state / "private_key.pem"
+        self.credentials = base / "credentials"
+        self.credentials.mkdir()
+        self.credential = NodeIdentity.generate()
+        self.install(self.credential)
+        self.environ = {"CREDENTIALS_DIRECTORY": str(self.credentials)}
+
+    def install(self, identity: NodeIdentity) -> None:
+        (self.credentials / "private_key").write_bytes(identity.private_pem())
+
+    def load(self) -> NodeIdentity:
+        identity, created = load_or_create_identity(self.path, self.environ, self.state)
+        self.assertFalse(created)
+        return identity
+
+    def mode(self, path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    def test_rotate_credential(self) -> None:
+        """
+        The new key goes to C{<state_dir>/rotated_key.pem} (0600) with the
+        rotation, signed by the credential's key, in
+        C{key_rotations.json} (0600); the credential's key is not copied
+        anywhere and C{identity_key} is not created.
+        """
+        current = self.load()
+        self.assertIsNone(current.warning)
+        new = rotate_identity_file(self.path, current, self.state)
+        successor = successor_key_path(self.state)
+        chain = rotation_chain_path(self.state)
+        self.assertEqual(new.source, str(successor))
+        self.assertEqual(load_identity(successor).public_key, new.public_key)
+        self.assertEqual((self.mode(successor), self.mode(chain)), (0o600, 0o600))
+        self.assertEqual(
+            sorted(p.name for p in self.state.iterdir()), ["key_rotations.json", "rotated_key.pem"]
+        )
+        self.assertTrue(
+            is_signed_successor(read_rotation_chain(chain), current.public_key, new.public_key)
+        )
+        self.assertIn("credential holds a rotated-out key; update it", str(new.warning))
+
+    def test_successor_wins_over_rotated_out_credential(self) -> None:
+        """
+        At the next start the successor is used, with the warning that the
+        credential holds a rotated-out key.
+        """
+        new = rotate_identity_file(self.path, self.load(), self.state)
+        loaded = self.load()
+        self.assertEqual(loaded.public_key, new.public_key)
+        self.assertEqual(loaded.source, str(successor_key_path(self.state)))
+        assert loaded.warning is not None
+        self.assertTrue(loaded.warning.startswith("credential holds a rotated-out key; update it"))
+        self.assertIn(self.credential.key_id, loaded.warning)
+
+    def test_rotate_twice(self) -> None:
+        """
+        Rotating the successor again keeps the chain from the credential:
+        the third key wins at start-up; the second is kept as C{.previous}.
+        """
+        second = rotate_identity_file(self.path, self.load(), self.state)
+        running = self.load()
+        third = rotate_identity_file(self.path, running, self.state)
+        self.assertEqual(self.load().public_key, third.public_key)
+        previous = previous_key_path(successor_key_path(self.state))
+        self.assertEqual(load_identity(previous).public_key, second.public_key)
+        self.assertEqual(self.mode(previous), 0o600)
+        self.assertEqual(len(read_rotation_chain(rotation_chain_path(self.state))), 2)
+
+    def test_credential_updated(self) -> None:
+        """
+        Once the operator put the successor into the credential, the
+        credential is used again, without a warning.
+        """
+        new = rotate_identity_file(self.path, self.load(), self.state)
+        self.install(new)
+        loaded = self.load()
+        self.assertEqual(loaded.public_key, new.public_key)
+        self.assertTrue(loaded.source.startswith("credential "))
+        self.assertIsNone(loaded.warning)
+
+    def test_new_credential_wins(self) -> None:
+        """
+        A credential holding a key that is not a rotated-out predecessor of
+        the successor (the operator installed a new key) wins, with a
+        warning about the ignored successor.
+        """
+        rotate_identity_file(self.path, self.load(), self.state)
+        replacement = NodeIdentity.generate()
+        self.install(replacement)
+        loaded = self.load()
+        self.assertEqual(loaded.public_key, replacement.public_key)
+        self.assertIn("not a signed successor", str(loaded.warning))
+
+    def test_forged_chain_refused(self) -> None:
+        """
+        A key planted in the state directory with a rotation record that the
+        credential's key did not sign does not win.
+        """
+        planted = create_identity_file(successor_key_path(self.state))
+        attacker = NodeIdentity.generate()
+        link = rotation_link(attacker, planted.public_key)
+        link["old_public_key"] = rotation_link(self.credential, planted.public_key)[
+            "old_public_key"
+        ]
+        rotation_chain_path(self.state).write_text(json.dumps([link]))
+        loaded = self.load()
+        self.assertEqual(loaded.public_key, self.credential.public_key)
+        self.assertIn("not a signed successor", str(loaded.warning))
+
+    def test_open_successor_refused(self) -> None:
+        """
+        A successor readable by others stops the start with a message, rather
+        than using it or silently falling back to the rotated-out credential.
+        """
+        rotate_identity_file(self.path, self.load(), self.state)
+        os.chmod(successor_key_path(self.state), 0o644)
+        with self.assertRaises(IdentityError) as raised:
+            self.load()
+        self.assertIn("accessible by group or others", str(raised.exception))
+
+    def test_successor_without_credential(self) -> None:
+        """
+        Without the credential and without a key file, the successor is used
+        (no new identity is minted).
+        """
+        new = rotate_identity_file(self.path, self.load(), self.state)
+        identity, created = load_or_create_identity(self.path, {}, self.state)
+        self.assertFalse(created)
+        self.assertEqual(identity.public_key, new.public_key)
+        self.assertFalse(self.path.exists())
+
+    def test_changed_successor_refused(self) -> None:
+        """
+        A successor file that no longer holds the running key is not overwritten.
+        """
+        rotate_identity_file(self.path, self.load(), self.state)
+        running = self.load()
+        os.unlink(successor_key_path(self.state))
+        intruder = create_identity_file(successor_key_path(self.state))
+        with self.assertRaises(IdentityError) as raised:
+            rotate_identity_file(self.path, running, self.state)
+        self.assertIn("refusing to overwrite", str(raised.exception))
+        self.assertEqual(
+            load_identity(successor_key_path(self.state)).public_key, intruder.public_key
+        )
+
+    def test_crash_before_key_written(self) -> None:
+        """
+        A chain link whose key never reached the disk changes nothing: the
+        credential is used.
+        """
+        orphan = NodeIdentity.generate()
+        link = rotation_link(self.credential, orphan.public_key)
+        rotation_chain_path(self.state).write_text(json.dumps([link]))
+        loaded = self.load()
+        self.assertEqual(loaded.public_key, self.credential.public_key)
+        self.assertIsNone(loaded.warning)

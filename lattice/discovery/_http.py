@@ -246,14 +246,18 @@ class AdminApp:
         node: DiscoveryNode,
         jobs: dict[str, Callable[[], Awaitable[Any]]],
         rotate: Callable[[], Awaitable[Any]] | None = None,
+        revoke: Callable[[object, object], Awaitable[Any]] | None = None,
     ):
         """
         @param rotate: rotates the node's key (L{lattice.discovery._rotation.KeyRotator});
             without it, C{POST /api/v1/identity/rotate} answers 503.
+        @param revoke: revokes a rotated-out key (C{KeyRotator.revoke});
+            without it, C{POST /api/v1/identity/revoke} answers 503.
         """
         self.node = node
         self._jobs = jobs
         self._rotate = rotate
+        self._revoke = revoke
 
     async def _call(self, request: IRequest, action: Callable[[], Awaitable[Any]]) -> bytes:
         try:
@@ -289,6 +293,18 @@ class AdminApp:
         if rotate is None:
             return _error(request, 503, "key rotation is not available on this listener")
         return await self._call(request, rotate)
+
+    @app.route("/api/v1/identity/revoke", methods=["POST"])
+    async def revoke_key(self, request: IRequest) -> bytes:
+        revoke = self._revoke
+        if revoke is None:
+            return _error(request, 503, "key revocation is not available on this listener")
+
+        async def action() -> Any:
+            body = await self._body(request)
+            return await revoke(body.get("key_id"), body.get("reason", ""))
+
+        return await self._call(request, action)
 
     @app.route("/api/v1/announce", methods=["POST"])
     async def announce(self, request: IRequest) -> bytes:

@@ -10,12 +10,13 @@ a L{Runner}, and an C{IReactorTime} for the clock.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import random
 import re
-from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections import Counter, OrderedDict, deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, Protocol, TypeVar
 from urllib.parse import urlsplit
@@ -80,6 +81,7 @@ MINUTE_MS = 60_000
 ENDPOINT_MEMORY_MS = 10 * MINUTE_MS
 _USER = re.compile(r"^[A-Za-z0-9._+-]{1,64}$")
 _MESSAGE_ID = re.compile(r"^[0-9a-f]{32}$")
+_KEY_ID = re.compile(r"^ed25519:[0-9a-f]{16}$")
 
 
 class ApiError(Exception):
@@ -265,6 +267,65 @@ class _Group:
         result.addBoth(done)
 
 
+class EndpointMemory:
+    """
+    C{host:port} -> the key that answered there (C{None}: it failed), each
+    until a deadline, at most C{limit} entries.
+
+    Entries are grouped by deadline in the order they were made, so expired
+    ones are dropped in bulk as new ones arrive and the oldest go first when
+    over the limit; an entry costs two dictionary slots (a node remembers an
+    endpoint for every server it proved recently, which in a large network
+    is most of them).
+    """
+
+    def __init__(self, limit: int):
+        self._limit = limit
+        self._keys: dict[str, bytes | None] = {}
+        self._until: dict[str, int] = {}
+        self._batches: deque[tuple[int, deque[str]]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def get(self, host_port: str, now: int) -> tuple[bytes | None, int] | None:
+        """
+        C{(key, until)} remembered for C{host_port}, or C{None} (also once expired).
+        """
+        until = self._until.get(host_port)
+        if until is None or until <= now:
+            return None
+        return self._keys[host_port], until
+
+    def put(self, host_port: str, key: bytes | None, until: int, now: int) -> None:
+        """
+        Remember C{key} for C{host_port} until C{until} (replacing what was there).
+        """
+        batches = self._batches
+        while batches and batches[0][0] <= now:
+            self._drop(*batches.popleft())
+        if batches and batches[-1][0] == until:
+            until = batches[-1][0]  # one int per batch
+            batches[-1][1].append(host_port)
+        else:
+            batches.append((until, deque([host_port])))
+        self._keys[host_port] = key
+        self._until[host_port] = until
+        while len(self._keys) > self._limit and batches:
+            deadline, hosts = batches[0]
+            if not hosts:
+                batches.popleft()
+                continue
+            self._drop(deadline, (hosts.popleft(),))
+
+    def _drop(self, deadline: int, hosts: Iterable[str]) -> None:
+        for host_port in hosts:
+            # an entry renewed later belongs to a later batch
+            if self._until.get(host_port) == deadline:
+                del self._until[host_port]
+                del self._keys[host_port]
+
+
 @dataclass
 class _Route:
     server_uuid: str
@@ -322,7 +383,6 @@ class DiscoveryNode:
         self.stats = Stats()
         self.neighbors: list[str] = []
         self.last_seen: dict[str, int] = {}
-        self.responsive: dict[str, bool] = {}
         self.last_gossip = 0
         self._last_announce = -(10**15)
         self._seq = 0
@@ -338,7 +398,9 @@ class DiscoveryNode:
         self.background: set[Deferred[Any]] = set()
         self.listeners: dict[str, str] = {}
         # host:port -> (key that answered there, or None when it failed; until)
-        self._endpoint_memory: OrderedDict[str, tuple[bytes | None, int]] = OrderedDict()
+        self._endpoint_memory = EndpointMemory(10_000)
+        self._now_seconds = -1.0
+        self._now_ms = 0
         if store is not None and run is not None:
             self._enqueue = _Group(self, store.enqueue_many)
             self._inbound_ack = _Group(self, store.inbound_acks)
@@ -348,7 +410,12 @@ class DiscoveryNode:
     # time, storage -------------------------------------------------------
 
     def now(self) -> int:
-        return int(self._clock.seconds() * 1000)
+        seconds = self._clock.seconds()
+        if seconds != self._now_seconds:
+            # one int per clock reading, shared by everything stamped with it
+            self._now_seconds = seconds
+            self._now_ms = int(seconds * 1000)
+        return self._now_ms
 
     async def _db(self, f: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         assert self._run is not None
@@ -420,7 +487,6 @@ class DiscoveryNode:
                 except RecordError:
                     continue
                 self.last_seen[row.server_uuid] = row.last_seen
-                self.responsive[row.server_uuid] = row.probe_ok
                 if row.is_neighbor:
                     self.neighbors.append(row.server_uuid)
             self.table.apply_events(self.table.events(), now)
@@ -587,15 +653,19 @@ class DiscoveryNode:
         that name someone else's endpoint cost that endpoint at most one
         request per node per memory period, however many are sent.
         """
-        memory = self._endpoint_memory
-        entry = memory.get(_host_port(endpoint))
-        if entry is None:
+        found = self._endpoint_memory.get(_host_port(endpoint), self.now())
+        if found is None:
             return True
-        known, until = entry
-        if until <= self.now():
-            del memory[_host_port(endpoint)]
-            return True
+        known, _ = found
         return known == key
+
+    def _remember_endpoint(self, endpoint: str, key: bytes | None) -> None:
+        """
+        Remember which key answered at C{endpoint} (C{None}: it failed) for
+        L{ENDPOINT_MEMORY_MS}.
+        """
+        now = self.now()
+        self._endpoint_memory.put(_host_port(endpoint), key, now + ENDPOINT_MEMORY_MS, now)
 
     async def _fetch_proven(self, endpoint: str) -> dict[str, Any]:
         """
@@ -606,10 +676,7 @@ class DiscoveryNode:
         answer = await self._transport.fetch_announcement(endpoint, challenge)
         record = check_peer_record(answer.get("record"))
         key = public_key_of(record)
-        memory = self._endpoint_memory
-        memory[_host_port(endpoint)] = (key, self.now() + ENDPOINT_MEMORY_MS)
-        while len(memory) > 10_000:
-            memory.popitem(last=False)
+        self._remember_endpoint(endpoint, key)
         proof = answer.get("proof")
         if (
             not isinstance(proof, dict)
@@ -629,14 +696,23 @@ class DiscoveryNode:
         """
         existing = self._proving.get(server_uuid)
         if existing is None:
-            proving = self._proofs.run(lambda: Deferred.fromCoroutine(self._prove(server_uuid)))
+            proving: Deferred[bool] = Deferred.fromCoroutine(self._prove_limited(server_uuid))
+            if proving.called:
+                return proving
             existing = self._proving[server_uuid] = _Shared(proving)
-            if existing.done:
-                del self._proving[server_uuid]
-            else:
-                existing.wait().addBoth(lambda _: self._proving.pop(server_uuid, None))
+            existing.wait().addBoth(lambda _: self._proving.pop(server_uuid, None))
         result: Deferred[bool] = existing.wait()
         return result
+
+    async def _prove_limited(self, server_uuid: str) -> bool:
+        """
+        L{_prove}, at most C{proof_concurrency} at a time.
+        """
+        await self._proofs.acquire()
+        try:
+            return await self._prove(server_uuid)
+        finally:
+            self._proofs.release()
 
     async def _prove(self, server_uuid: str) -> bool:
         pending = self.table.pending.get(server_uuid)
@@ -650,10 +726,7 @@ class DiscoveryNode:
             try:
                 answered = await self._fetch_proven(endpoint)
             except (TransportError, RecordError) as e:
-                self._endpoint_memory[_host_port(endpoint)] = (
-                    None,
-                    self.now() + ENDPOINT_MEMORY_MS,
-                )
+                self._remember_endpoint(endpoint, None)
                 self.stats.events["proof_failed"] += 1
                 self._log.debug(
                     "Endpoint proof of {uuid} at {endpoint} failed: {error}",
@@ -665,7 +738,9 @@ class DiscoveryNode:
             if public_key_of(answered) != key or answered["server_uuid"] != server_uuid:
                 self.stats.events["proof_failed"] += 1
                 continue
-            if answered["seq"] > pending["seq"]:
+            # a newer record fetched along with the proof is only taken when
+            # its own signature holds (the proof does not cover it)
+            if answered["seq"] > pending["seq"] and self.table.verify_object(answered, key):
                 self.table.pending[server_uuid] = answered
             accepted = self.table.accept_pending(server_uuid, key)
             if accepted is None:
@@ -673,7 +748,6 @@ class DiscoveryNode:
             self.stats.events["peer_accepted"] += 1
             now = self.now()
             self.last_seen[server_uuid] = now
-            self.responsive[server_uuid] = True
             await self._persist([server_uuid], now)
             return True
         self.table.drop_pending(server_uuid)
@@ -775,7 +849,6 @@ class DiscoveryNode:
             if record["server_uuid"] in self.table.records:
                 now = self.now()
                 self.last_seen[record["server_uuid"]] = now
-                self.responsive[record["server_uuid"]] = True
                 await self._persist([record["server_uuid"]], now)
                 added += 1
         return added
@@ -849,13 +922,11 @@ class DiscoveryNode:
                 await self._transport.call(endpoint, uuid, path, push)
         except (TransportError, GossipError) as e:
             self.stats.events["gossip_failed"] += 1
-            self.responsive[uuid] = False
             self._log.debug("Gossip with {uuid} failed: {error}", uuid=uuid, error=str(e))
             return False
         self.stats.events["gossip_exchanges"] += 1
         now = self.now()
         self.last_seen[uuid] = now
-        self.responsive[uuid] = True
         if self._has_store:
             assert self._store is not None
             await self._db(self._store.touch_peers, [(uuid, now, None)])
@@ -895,10 +966,49 @@ class DiscoveryNode:
         await self._resign()
         return rotation
 
-    async def revoke(self, key_id: str, reason: str) -> dict[str, Any]:
+    def retired_keys(self) -> dict[str, dict[str, Any]]:
         """
-        Revoke one of this server's old keys (signed by the current key).
+        This server's rotated-out keys: key id -> the rotation that retired it.
         """
+        prefix = self.server_uuid + "/"
+        return {
+            str(event["old_key_id"]): event
+            for name, event in self.table.rotations.items()
+            if name.startswith(prefix)
+        }
+
+    async def revoke(self, key_id: object, reason: object = "") -> dict[str, Any]:
+        """
+        Revoke one of this server's rotated-out keys (signed by the current
+        key); peers that know the key refuse its signatures from then on.
+
+        @raise ApiError: 400 for malformed input, 404 when C{key_id} is not a
+            rotated-out key of this server, 409 when it is the current key or
+            already revoked.
+        """
+        if not isinstance(key_id, str) or not _KEY_ID.match(key_id):
+            raise ApiError(400, "key_id must be a key id (ed25519: and 16 hex digits)")
+        if reason is None:
+            reason = ""
+        if not isinstance(reason, str) or len(reason) > 200:
+            raise ApiError(400, "reason must be a string of at most 200 characters")
+        if key_id == self._identity.key_id:
+            raise ApiError(
+                409,
+                f"{key_id} is the key this server signs with now: rotate first "
+                "(lattice identity rotate), then revoke the old key",
+            )
+        existing = self.table.revocations.get(key_id)
+        if existing is not None:
+            raise ApiError(409, f"{key_id} is already revoked (at {existing.get('issued_at')})")
+        retired = self.retired_keys()
+        if key_id not in retired:
+            revocable = sorted(k for k in retired if k not in self.table.revocations)
+            raise ApiError(
+                404,
+                f"{key_id} is not a rotated-out key of this server; keys that can be "
+                f"revoked: {', '.join(revocable) or 'none'}",
+            )
         revocation = make_revocation(self._identity, self.server_uuid, key_id, self.now(), reason)
         self.table.revocations[key_id] = revocation
         await self._persist_events(self.now())
@@ -966,16 +1076,13 @@ class DiscoveryNode:
         try:
             answered = await self._fetch_proven(record["endpoints"][0])
         except (TransportError, RecordError):
-            self.responsive[uuid] = False
             return False
         if answered["server_uuid"] != uuid or public_key_of(answered) != self.table.current_key(
             uuid
         ):
-            self.responsive[uuid] = False
             return False
         if answered["seq"] > record["seq"]:
             self.table.offer(answered, self.now())
-        self.responsive[uuid] = True
         self.last_seen[uuid] = self.now()
         return True
 
@@ -1622,6 +1729,7 @@ def _ids(messages: list[Any]) -> list[str]:
     ]
 
 
+@functools.lru_cache(maxsize=16384)
 def _host_port(endpoint: str) -> str:
     try:
         parts = urlsplit(endpoint)

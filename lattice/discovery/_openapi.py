@@ -226,6 +226,25 @@ def openapi_document() -> dict[str, Any]:
                 errors=("409", "500", "503"),
             )
         },
+        "/api/v1/identity/revoke": {
+            "post": _op(
+                "Revoke one of this server's rotated-out keys: the revocation is signed by "
+                "the current key and broadcast",
+                "admin",
+                _ok(_OBJ),
+                _body(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "key_id": {"type": "string", "pattern": "^ed25519:[0-9a-f]{16}$"},
+                            "reason": {"type": "string", "maxLength": 200},
+                        },
+                        "required": ["key_id"],
+                    }
+                ),
+                errors=("400", "404", "409", "503"),
+            )
+        },
         "/api/v1/announce": {
             "post": _op(
                 "Run a gossip round (one per minute unless forced)",

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -65,10 +65,30 @@ def _loaded_key(public_key: bytes) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(public_key)
 
 
+CACHED_DATA_MAX = 4096
+"""Signed data up to this size has its verification remembered."""
+
+
 def verify_signature(public_key: bytes, signature: bytes, data: bytes) -> bool:
     """
     Ed25519 verification of C{signature} over C{data} (parsed keys are cached).
+
+    A pure function, so recent results for small objects (records, rotations,
+    proofs) are cached too: the same record reaches a server from several
+    peers, and each copy is checked.  The cache holds at most 8192 results
+    of at most L{CACHED_DATA_MAX} bytes each, whatever peers send.
     """
+    if len(data) <= CACHED_DATA_MAX:
+        return _verify_cached(public_key, signature, data)
+    return _verify(public_key, signature, data)
+
+
+@functools.lru_cache(maxsize=8192)
+def _verify_cached(public_key: bytes, signature: bytes, data: bytes) -> bool:
+    return _verify(public_key, signature, data)
+
+
+def _verify(public_key: bytes, signature: bytes, data: bytes) -> bool:
     try:
         _loaded_key(public_key).verify(signature, data)
     except (InvalidSignature, ValueError):
@@ -82,20 +102,31 @@ class RecordError(ValueError):
     """
 
 
+@functools.lru_cache(maxsize=65536)
 def key_id_of(public_key: bytes) -> str:
     """
-    The key id of a raw public key.
+    The key id of a raw public key (recent answers are cached).
     """
     return PublicIdentity(public_key).key_id
+
+
+@functools.lru_cache(maxsize=65536)
+def _decoded_key(text: str) -> bytes:
+    # every table holding a server shares one bytes object for its key
+    return b64decode(text)
 
 
 def public_key_of(record: Mapping[str, Any]) -> bytes:
     """
     The raw public key a record announces.
     """
+    text = record.get("public_key") if type(record) is dict or isinstance(record, Mapping) else None
+    if not isinstance(text, str):
+        raise RecordError("malformed public_key")
     try:
-        key = b64decode(record["public_key"])
-    except (KeyError, ValueError, TypeError):
+        # only what can be a key is remembered (43 characters for 32 bytes)
+        key = _decoded_key(text) if len(text) == 43 else b64decode(text)
+    except ValueError:
         raise RecordError("malformed public_key") from None
     if len(key) != 32:
         raise RecordError("public_key is not 32 bytes")
@@ -119,6 +150,11 @@ def valid_uuid(value: object) -> bool:
 def _valid_endpoint(url: object) -> bool:
     if not isinstance(url, str) or len(url) > MAX_URL:
         return False
+    return _valid_url(url)
+
+
+@functools.lru_cache(maxsize=16384)
+def _valid_url(url: str) -> bool:
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -232,24 +268,6 @@ def make_revocation(
     )
 
 
-@dataclass
-class KeyState:
-    """
-    The keys of one server: the current one, and old ones still valid.
-    """
-
-    current: bytes
-    previous: dict[str, tuple[bytes, int]] = field(default_factory=dict)
-
-    def key_for(self, key_id: str, now: int) -> bytes | None:
-        if key_id_of(self.current) == key_id:
-            return self.current
-        entry = self.previous.get(key_id)
-        if entry is not None and entry[1] > now:
-            return entry[0]
-        return None
-
-
 @dataclass(frozen=True)
 class Offer:
     """
@@ -258,6 +276,13 @@ class Offer:
 
     status: str  # "new", "updated", "pending", "stale", "invalid", "revoked"
     reason: str = ""
+
+
+_OWN = Offer("stale", "own record")
+_STALE = Offer("stale")
+_ALREADY_PENDING = Offer("stale", "already pending")
+_UPDATED = Offer("updated")
+_PENDING = Offer("pending")
 
 
 class PeerTable:
@@ -278,7 +303,11 @@ class PeerTable:
         self._verify = verify
         self.records: dict[str, dict[str, Any]] = {}
         self.pending: dict[str, dict[str, Any]] = {}
-        self.keys: dict[str, KeyState] = {}
+        # the current key of every known server, and the old keys of the
+        # servers that rotated (key id -> key, valid until); kept apart
+        # because a table holds every server of the network
+        self.keys: dict[str, bytes] = {}
+        self.previous: dict[str, dict[str, tuple[bytes, int]]] = {}
         self.revocations: dict[str, dict[str, Any]] = {}
         self.rotations: dict[str, dict[str, Any]] = {}
         # endpoint base URL -> fingerprint pinned by configuration
@@ -295,16 +324,27 @@ class PeerTable:
         """
         if key_id in self.revocations:
             return None
-        state = self.keys.get(server_uuid)
-        if state is None:
+        return self._key_for(server_uuid, key_id, now)
+
+    def _key_for(self, server_uuid: str, key_id: str, now: int) -> bytes | None:
+        """
+        The current or a still valid old key of C{server_uuid} (revoked or not).
+        """
+        current = self.keys.get(server_uuid)
+        if current is None:
             return None
-        return state.key_for(key_id, now)
+        if key_id_of(current) == key_id:
+            return current
+        entry = self.previous.get(server_uuid, {}).get(key_id)
+        if entry is not None and entry[1] > now:
+            return entry[0]
+        return None
 
     def current_key(self, server_uuid: str) -> bytes | None:
-        state = self.keys.get(server_uuid)
-        if state is None or key_id_of(state.current) in self.revocations:
+        current = self.keys.get(server_uuid)
+        if current is None or key_id_of(current) in self.revocations:
             return None
-        return state.current
+        return current
 
     def verify_object(self, obj: Mapping[str, Any], public_key: bytes) -> bool:
         try:
@@ -333,6 +373,14 @@ class PeerTable:
         the old one unless it changes the endpoints (then it waits for a new
         proof); a record of an unknown server is pending until proven.
         """
+        if isinstance(record, dict):
+            # what would be dropped anyway is dropped before it is checked
+            uuid, seq = record.get("server_uuid"), record.get("seq")
+            if isinstance(uuid, str) and isinstance(seq, int):
+                if uuid == self.own_uuid:
+                    return _OWN
+                if seq <= self.seq_of(uuid):
+                    return _STALE
         try:
             checked = check_peer_record(record)
             key = public_key_of(checked)
@@ -340,14 +388,18 @@ class PeerTable:
             return Offer("invalid", str(e))
         uuid = checked["server_uuid"]
         if uuid == self.own_uuid:
-            return Offer("stale", "own record")
+            return _OWN
         if checked["key_id"] in self.revocations:
             return Offer("revoked", "key revoked")
         if checked["seq"] <= self.seq_of(uuid):
-            return Offer("stale")
+            return _STALE
+        existing = self.records.get(uuid)
+        waiting = self.pending.get(uuid)
+        if existing is None and waiting is not None and waiting["seq"] >= checked["seq"]:
+            return _ALREADY_PENDING
         known = self.keys.get(uuid)
         if known is not None:
-            if key_id_of(known.current) != checked["key_id"]:
+            if key_id_of(known) != checked["key_id"]:
                 return Offer("invalid", "not signed by the current key of this server")
         elif node_id_of(key) != uuid:
             return Offer("invalid", "server_uuid is not derived from public_key")
@@ -356,15 +408,13 @@ class PeerTable:
         pinned = self._pinned_fingerprint(checked)
         if pinned is not None and PublicIdentity(key).fingerprint != pinned:
             return Offer("invalid", "key does not match the pinned fingerprint")
-        existing = self.records.get(uuid)
         if existing is not None and existing["endpoints"] == checked["endpoints"]:
             self.records[uuid] = checked
-            return Offer("updated")
-        waiting = self.pending.get(uuid)
+            return _UPDATED
         if waiting is not None and waiting["seq"] >= checked["seq"]:
-            return Offer("stale", "already pending")
+            return _ALREADY_PENDING
         self.pending[uuid] = checked
-        return Offer("pending")
+        return _PENDING
 
     def _pinned_fingerprint(self, record: Mapping[str, Any]) -> str | None:
         for endpoint in record["endpoints"]:
@@ -386,7 +436,7 @@ class PeerTable:
             return None
         self.records[server_uuid] = record
         if server_uuid not in self.keys:
-            self.keys[server_uuid] = KeyState(public_key)
+            self.keys[server_uuid] = public_key
         return record
 
     def drop_pending(self, server_uuid: str) -> None:
@@ -399,12 +449,13 @@ class PeerTable:
         uuid = record["server_uuid"]
         self.records[uuid] = record
         if uuid not in self.keys:
-            self.keys[uuid] = KeyState(public_key_of(record))
+            self.keys[uuid] = public_key_of(record)
 
     def forget(self, server_uuid: str) -> None:
         self.records.pop(server_uuid, None)
         self.pending.pop(server_uuid, None)
         self.keys.pop(server_uuid, None)
+        self.previous.pop(server_uuid, None)
 
     # anti-entropy -------------------------------------------------------
 
@@ -463,17 +514,17 @@ class PeerTable:
             return Offer("invalid", "malformed new_public_key")
         if len(new_key) != 32 or rotation.get("new_key_id") != key_id_of(new_key):
             return Offer("invalid", "malformed new key")
-        state = self.keys.get(uuid)
-        if state is None:
+        current = self.keys.get(uuid)
+        if current is None:
             return Offer("stale", "unknown server")
-        if key_id_of(state.current) == rotation["new_key_id"]:
+        if key_id_of(current) == rotation["new_key_id"]:
             return Offer("stale", "already rotated")
-        if key_id_of(state.current) != old_key_id:
+        if key_id_of(current) != old_key_id:
             return Offer("stale", "not the current key")
-        if not self.verify_object(rotation, state.current):
+        if not self.verify_object(rotation, current):
             return Offer("invalid", "bad signature")
-        state.previous[old_key_id] = (state.current, now + KEY_GRACE_MS)
-        state.current = new_key
+        self.previous.setdefault(uuid, {})[old_key_id] = (current, now + KEY_GRACE_MS)
+        self.keys[uuid] = new_key
         self.rotations[f"{uuid}/{old_key_id}"] = rotation
         record = self.records.get(uuid)
         if record is not None and record["key_id"] != key_id_of(new_key):
@@ -493,19 +544,19 @@ class PeerTable:
             return Offer("invalid", "malformed revocation")
         if key_id in self.revocations:
             return Offer("stale")
-        state = self.keys.get(uuid)
-        if state is None:
+        current = self.keys.get(uuid)
+        if current is None:
             return Offer("stale", "unknown server")
         try:
             signer_id, _ = signature_of(revocation)
         except ValueError:
             return Offer("invalid", "malformed signature")
-        signer = state.key_for(signer_id, now)
-        if signer is None or signer_id not in (key_id, key_id_of(state.current)):
+        signer = self._key_for(uuid, signer_id, now)
+        if signer is None or signer_id not in (key_id, key_id_of(current)):
             return Offer("invalid", "not signed by the revoked or current key")
         if not self.verify_object(revocation, signer):
             return Offer("invalid", "bad signature")
-        if key_id_of(state.current) != key_id and key_id not in state.previous:
+        if key_id_of(current) != key_id and key_id not in self.previous.get(uuid, {}):
             return Offer("invalid", "not a key of this server")
         self.revocations[key_id] = revocation
         return Offer("updated")

@@ -346,8 +346,10 @@ class DiscoveryService(Service):
             "process_messages": lambda: _as_coroutine(node.process_messages()),
             "cleanup": node.cleanup,
         }
-        rotator = KeyRotator(self._node_service, node, self._key_path, self._run_in_pool)
-        admin = AdminApp(node, jobs, rotate=rotator.rotate)
+        rotator = KeyRotator(
+            self._node_service, node, self._key_path, self._run_in_pool, self._state_dir
+        )
+        admin = AdminApp(node, jobs, rotate=rotator.rotate, revoke=rotator.revoke)
         self._public_resource.target = public.app.resource()
         self._admin_resource.target = admin.app.resource()
         node.listeners["public"] = describe_address(port.getHost())

@@ -9,11 +9,14 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from lattice.discovery._records import (
+    CACHED_DATA_MAX,
     KEY_GRACE_MS,
     PeerTable,
+    _verify_cached,
     make_peer_record,
     make_revocation,
     make_rotation,
+    verify_signature,
 )
 from lattice.identity import NodeIdentity
 
@@ -180,3 +183,34 @@ class PeerTableTests(SynchronousTestCase):
         revocation = make_revocation(attacker, self.peer.node_id, self.peer.key_id, NOW)
         self.assertEqual(self.table.apply_revocation(revocation, NOW).status, "invalid")
         self.assertTrue(self.table.is_usable(self.peer.node_id))
+
+
+class VerificationCacheTests(SynchronousTestCase):
+    """
+    L{verify_signature} remembers results for small signed data only, and
+    gives the same answers as without the cache.
+    """
+
+    def test_answers(self) -> None:
+        """
+        Valid and invalid signatures over small and large data are told apart.
+        """
+        identity = NodeIdentity.generate()
+        other = NodeIdentity.generate()
+        for size in (10, CACHED_DATA_MAX + 1):
+            data = b"x" * size
+            signature = identity.sign(data)
+            for _ in range(2):
+                self.assertTrue(verify_signature(identity.public_key, signature, data))
+                self.assertFalse(verify_signature(other.public_key, signature, data))
+                self.assertFalse(verify_signature(identity.public_key, signature, data + b"y"))
+
+    def test_large_data_not_kept(self) -> None:
+        """
+        Data over L{CACHED_DATA_MAX} bytes is verified without entering the cache.
+        """
+        identity = NodeIdentity.generate()
+        data = b"y" * (CACHED_DATA_MAX + 1)
+        before = _verify_cached.cache_info().currsize
+        verify_signature(identity.public_key, identity.sign(data), data)
+        self.assertEqual(_verify_cached.cache_info().currsize, before)

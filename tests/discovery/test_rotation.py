@@ -28,6 +28,8 @@ from lattice.identity import (
     load_identity,
     load_or_create_identity,
     previous_key_path,
+    rotate_identity_file,
+    successor_key_path,
 )
 from lattice.node import NodeService
 from lattice.service import make_lattice_service
@@ -150,24 +152,41 @@ class RotateRouteTests(SynchronousTestCase):
         self.assertIsNone(peer.key_for_request(uuid, self.identity.key_id, {}))
         self.assertEqual(peer.key_for_request(uuid, new.key_id, {}), new.public_key)
 
-    def test_credential_refused(self) -> None:
+    def test_credential_rotated_into_state_dir(self) -> None:
         """
-        A key from C{$CREDENTIALS_DIRECTORY} is refused with 409 and a
-        message; nothing changes.
+        A key from C{$CREDENTIALS_DIRECTORY} is rotated: the new key is
+        written to the state directory, peers get the rotation signed by the
+        credential's key, and the answer warns that the credential holds a
+        rotated-out key.
         """
         credentials = Path(self.mktemp())
         credentials.mkdir()
         (credentials / "private_key").write_bytes(self.identity.private_pem())
-        identity, _ = load_or_create_identity(
-            self.key_path, environ={"CREDENTIALS_DIRECTORY": str(credentials)}
-        )
+        environ = {"CREDENTIALS_DIRECTORY": str(credentials)}
+        state = self.key_path.parent
+        identity, _ = load_or_create_identity(self.key_path, environ, state)
+        self.assertTrue(identity.source.startswith("credential "))
         holder = Holder(identity)
-        code, body = self.call(self.admin(holder), "POST", ROTATE)
-        self.assertEqual(code, 409)
-        self.assertIn("rotate the credential", body["error"])
-        self.assertEqual(holder.swapped, [])
-        self.assertEqual(self.node.signer.key_id, self.identity.key_id)
-        self.assertFalse(previous_key_path(self.key_path).exists())
+        rotator = KeyRotator(holder, self.node, self.key_path, synchronous_runner, state)
+        stub = stub_treq(AdminApp(self.node, {}, rotate=rotator.rotate).app.resource())
+        code, body = self.call(stub, "POST", ROTATE)
+        self.assertEqual(code, 200, body)
+        successor = successor_key_path(state)
+        new = load_identity(successor)
+        self.assertEqual(
+            (body["key_path"], body["previous_key_path"], body["new_key_id"]),
+            (str(successor), None, new.key_id),
+        )
+        self.assertEqual(body["old_key_source"], identity.source)
+        self.assertIn("credential holds a rotated-out key; update it", body["warning"])
+        self.assertEqual([i.key_id for i in holder.swapped], [new.key_id])
+        self.assertEqual(self.node.signer.key_id, new.key_id)
+        self.assertEqual(load_identity(self.key_path).key_id, self.identity.key_id)
+        for peer in self.cluster.nodes[:2]:
+            self.assertEqual(peer.table.current_key(self.node.server_uuid), new.public_key)
+        # the next start picks the successor over the rotated-out credential
+        again, _ = load_or_create_identity(self.key_path, environ, state)
+        self.assertEqual(again.key_id, new.key_id)
 
     def test_one_at_a_time(self) -> None:
         """
@@ -259,6 +278,39 @@ class NodeServiceSwapTests(SynchronousTestCase):
         readyz = json.loads(self.successResultOf(stub.content(response)))
         self.assertEqual(readyz["node_id"], new.node_id)
         self.assertNotEqual(new.node_id, old.node_id)
+
+
+class NodeServiceCredentialTests(SynchronousTestCase):
+    """
+    The node service starts with the rotated successor of its credential's
+    key and says, in its readiness detail, that the credential must be updated.
+    """
+
+    def test_successor_used(self) -> None:
+        """
+        With a credential whose key was rotated, the node id is the
+        successor's and the detail carries the warning.
+        """
+        state = Path(self.mktemp()).absolute()
+        state.mkdir()
+        credentials = Path(self.mktemp()).absolute()
+        credentials.mkdir()
+        old = NodeIdentity.generate()
+        (credentials / "private_key").write_bytes(old.private_pem())
+        environ = {"CREDENTIALS_DIRECTORY": str(credentials)}
+        config = config_from_string(node_only(state))
+        current, _ = load_or_create_identity(config.node.identity_key_path, environ, state)
+        new = rotate_identity_file(config.node.identity_key_path, current, state)
+        root = make_lattice_service(config, MemoryReactorClock(), environ=environ)
+        node = root.getServiceNamed("node")
+        assert isinstance(node, NodeService)
+        node.startService()
+        self.addCleanup(node.stopService)
+        self.assertEqual(node.node_id(), new.node_id)
+        self.assertEqual(
+            root.readiness.snapshot()["node"].detail,
+            f"node id {new.node_id} (credential holds a rotated-out key; update it)",
+        )
 
 
 class RotateCommandTests(_CLITestCase):

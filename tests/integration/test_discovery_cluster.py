@@ -23,12 +23,14 @@ import time
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from lattice.config import section_classes
+from lattice.discovery._auth import sign_request
 from lattice.discovery._canonical import b64decode, signature_of, signing_bytes
-from lattice.identity import PublicIdentity
+from lattice.identity import NodeIdentity, PublicIdentity, load_identity
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SECRET = "webhook-shared-secret"
@@ -146,14 +148,34 @@ class Daemon:
         self.config = config
         self.bootstrap = bootstrap
         self.process: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] = {}
 
-    def start(self) -> None:
+    def environment(self) -> dict[str, str]:
         env = {
             k: v
             for k, v in os.environ.items()
             if not k.startswith(("LATTICE_", "NOTIFY_SOCKET", "WATCHDOG_", "CREDENTIALS_DIRECTORY"))
         }
         env["PYTHONPATH"] = str(ROOT)
+        env.update(self.env)
+        return env
+
+    def cli(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        """
+        Run C{lattice ARGV --config <this daemon's INI>}.
+        """
+        return subprocess.run(
+            [sys.executable, "-m", "lattice.cli", *argv, "--config", str(self.config)],
+            check=False,
+            capture_output=True,
+            text=True,
+            env=self.environment(),
+            cwd=str(ROOT),
+            timeout=60,
+        )
+
+    def start(self) -> None:
+        env = self.environment()
         if self.bootstrap:
             env["LATTICE_BOOTSTRAP_SERVERS"] = self.bootstrap
         with open(self.log, "ab") as log:
@@ -335,3 +357,96 @@ class FederationClusterTests(SynchronousTestCase):
                 daemon.admin("POST", "/api/v1/maintenance/process_messages", {})
             time.sleep(0.2)
         raise AssertionError(f"not delivered: {state}\n{daemon.tail()}")
+
+
+class KeyLifecycleTests(SynchronousTestCase):
+    """
+    Rotation of a key that comes from a systemd credential and revocation of
+    the rotated-out key, through the C{lattice} CLI against real daemons.
+    """
+
+    def test_credential_rotation_and_revocation(self) -> None:
+        """
+        B's key comes from C{$CREDENTIALS_DIRECTORY}: C{lattice identity
+        rotate} writes its successor into the state directory and A follows;
+        C{lattice identity revoke} makes A refuse requests signed by the old
+        key, which it accepted during the grace period before; restarted, B
+        runs with the successor under the same server uuid, warns that the
+        credential holds a rotated-out key, and still gossips with A.
+        """
+        harness = ClusterHarness(self, ["A", "B"])
+        a, b = harness.daemons["A"], harness.daemons["B"]
+        credentials = harness.directory / "credentials-B"
+        credentials.mkdir(mode=0o700)
+        old = NodeIdentity.generate()
+        (credentials / "private_key").write_bytes(old.private_pem())
+        b.env["CREDENTIALS_DIRECTORY"] = str(credentials)
+        a.start()
+        health = a.wait_ready()
+        endpoint = health["endpoints"][0]
+        b.bootstrap = endpoint
+        b.start()
+        b.wait_ready()
+        uuid = b.admin("GET", "/api/v1/identity")[1]["server_uuid"]
+        self.assertEqual(uuid, old.node_id)
+        for _ in range(3):
+            for daemon in (a, b):
+                daemon.admin("POST", "/api/v1/announce", {"force": True})
+        self.assertEqual([p["server_uuid"] for p in a.admin("GET", "/api/v1/peers")[1]], [uuid])
+
+        rotated = b.cli("identity", "rotate")
+        self.assertEqual(rotated.returncode, 0, rotated.stderr)
+        self.assertIn("credential holds a rotated-out key; update it", rotated.stderr)
+        new = load_identity(harness.directory / "B" / "rotated_key.pem")
+        self.assertIn(f"key_id: {new.key_id} (was {old.key_id})", rotated.stdout)
+        self.assertIn("rotation sent to 1 of 1 peers", rotated.stdout)
+        a_uuid = a.admin("GET", "/api/v1/identity")[1]["server_uuid"]
+        self.assertEqual(self.signed_status(endpoint, a_uuid, uuid, old), 200)
+
+        refused = b.cli("identity", "revoke", new.key_id)
+        self.assertEqual(refused.returncode, 1)
+        self.assertIn("rotate first", refused.stderr)
+        revoked = b.cli("identity", "revoke", old.key_id, "--reason", "test")
+        self.assertEqual(revoked.returncode, 0, revoked.stderr)
+        self.assertIn("revocation sent to 1 of 1 peers", revoked.stdout)
+        self.assertEqual(self.signed_status(endpoint, a_uuid, uuid, old), 401)
+        self.assertEqual(self.signed_status(endpoint, a_uuid, uuid, new), 200)
+
+        b.stop()
+        b.start()
+        b.wait_ready()
+        identity = b.admin("GET", "/api/v1/identity")[1]
+        self.assertEqual((identity["server_uuid"], identity["key_id"]), (uuid, new.key_id))
+        self.assertIn("credential holds a rotated-out key; update it", b.log.read_text())
+        status, result = b.admin("POST", "/api/v1/announce", {"force": True})
+        self.assertEqual((status, result["succeeded"]), (200, 1), result)
+        (peer,) = a.admin("GET", "/api/v1/peers")[1]
+        self.assertEqual((peer["server_uuid"], peer["trust_status"]), (uuid, "verified"))
+
+    def signed_status(
+        self, endpoint: str, destination: str, origin: str, signer: NodeIdentity
+    ) -> int:
+        """
+        The status of an (empty) event push signed by C{signer} as C{origin}.
+        """
+        body = json.dumps({"type": "events", "events": []}).encode()
+        path = "/api/v1/gossip/receive"
+        headers = sign_request(
+            signer,
+            "POST",
+            path,
+            body,
+            origin,
+            destination,
+            int(time.time() * 1000),
+            os.urandom(16),
+        )
+        parts = urlsplit(endpoint)
+        connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+        try:
+            connection.request(
+                "POST", path, body=body, headers={"Content-Type": "application/json", **headers}
+            )
+            return connection.getresponse().status
+        finally:
+            connection.close()
