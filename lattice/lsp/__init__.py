@@ -7,8 +7,9 @@ below is imported on first use, so that a daemon importing the client does not l
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from lattice._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from lattice.lsp._server import PROTOCOL_VERSION, LspServer, add_lsp_services
@@ -25,14 +26,4 @@ _HOMES = {
 __all__ = ["PROTOCOL_VERSION", "Grant", "LspServer", "TokenBook", "add_lsp_services"]
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_attributes(__name__, _HOMES, globals())

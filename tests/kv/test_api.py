@@ -464,21 +464,27 @@ class ProgressTests(ApiTestCase):
         self.successResultOf(done)
 
 
+class SlowContext(Context):
+    """A client that takes each response only when the test fires its Deferred in C{gate}."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate: list[Deferred[None]] = []
+
+    async def send(self, message: Any) -> None:
+        self.sent.append(message)
+        waiting: Deferred[None] = Deferred()
+        self.gate.append(waiting)
+        await waiting
+
+
 class SlowWatcherTests(ApiTestCase):
     """A watcher that reads slowly gets its queued events merged, in order."""
 
     def test_merged(self) -> None:
         """Events queued behind a pending send are merged into one response."""
-        gate: list[Deferred[None]] = []
-
-        class Slow(Context):
-            async def send(self, message: Any) -> None:
-                self.sent.append(message)
-                waiting: Deferred[None] = Deferred()
-                gate.append(waiting)
-                await waiting
-
-        context = Slow()
+        context = SlowContext()
+        gate = context.gate
         requests = Requests()
         done = Deferred.fromCoroutine(self.watch.watch(requests, context))
         requests.feed(pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"k")))
@@ -559,16 +565,8 @@ class FragmentTests(ApiTestCase):
 
     def test_merging_is_bounded(self) -> None:
         """A slow reader's queued revisions are merged only while under the limit."""
-        gate: list[Deferred[None]] = []
-
-        class Slow(Context):
-            async def send(self, message: Any) -> None:
-                self.sent.append(message)
-                waiting: Deferred[None] = Deferred()
-                gate.append(waiting)
-                await waiting
-
-        context = Slow()
+        context = SlowContext()
+        gate = context.gate
         requests, done = self.watch_all(False, context)
         for i in range(12):
             self.put(b"m%d" % i, b"x" * 1000)
