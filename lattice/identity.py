@@ -44,6 +44,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from lattice._files import fsync_directory
+
 __all__ = [
     "IdentityError",
     "IdentityReadOnlyError",
@@ -269,21 +271,8 @@ def create_identity_file(path: Path) -> NodeIdentity:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
-    _fsync_directory(directory)
+    fsync_directory(directory)
     return identity
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def successor_key_path(state_dir: Path) -> Path:
@@ -551,7 +540,7 @@ def rotate_identity_file(
     new = NodeIdentity(Ed25519PrivateKey.generate(), str(path))
     _replace_private_file(previous_key_path(path), current.private_pem())
     _replace_private_file(path, new.private_pem())
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
     return new
 
 
@@ -595,7 +584,7 @@ def rotate_to_successor(successor: Path, current: NodeIdentity) -> NodeIdentity:
     if on_disk is not None:
         _replace_private_file(previous_key_path(successor), on_disk.private_pem())
     _replace_private_file(successor, new.private_pem())
-    _fsync_directory(directory)
+    fsync_directory(directory)
     if is_credential(current) or current.warning:
         new.warning = (
             "credential holds a rotated-out key; update it: the running key "
