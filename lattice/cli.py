@@ -17,6 +17,7 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from lattice.acme._cli import add_tls_commands
 from lattice.config import ConfigError, LatticeConfig, load_config
@@ -123,12 +124,7 @@ def _identity_rotate(args: argparse.Namespace) -> int:
             "broadcasts the rotation, and [discovery] enabled = false; with no peers to tell, "
             "stop the node and replace the key file instead"
         )
-    status, body = admin_request(config, "POST", "/api/v1/identity/rotate", {})
-    if status >= 400:
-        error = body.get("error") if isinstance(body, dict) else None
-        raise CommandError(f"identity rotate: HTTP {status}: {error or body}")
-    if not isinstance(body, dict):
-        raise CommandError(f"identity rotate: unexpected answer (HTTP {status})")
+    body = _identity_post(config, "rotate", {})
     print(f"node_id: {body.get('node_id')} (was {body.get('old_node_id')})")
     print(f"key_id: {body.get('new_key_id')} (was {body.get('old_key_id')})")
     print(f"fingerprint: {body.get('fingerprint')}")
@@ -143,6 +139,21 @@ def _identity_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _identity_post(config: LatticeConfig, action: str, request: dict[str, Any]) -> dict[str, Any]:
+    """
+    POST C{request} to the running node's C{/api/v1/identity/<action>}; its JSON answer.
+
+    @raise CommandError: the node refused (with its error) or answered something else.
+    """
+    status, body = admin_request(config, "POST", f"/api/v1/identity/{action}", request)
+    if status >= 400:
+        error = body.get("error") if isinstance(body, dict) else None
+        raise CommandError(f"identity {action}: HTTP {status}: {error or body}")
+    if not isinstance(body, dict):
+        raise CommandError(f"identity {action}: unexpected answer (HTTP {status})")
+    return body
+
+
 def _identity_revoke(args: argparse.Namespace) -> int:
     config = _load(args)
     if not config.discovery.enabled:
@@ -150,14 +161,7 @@ def _identity_revoke(args: argparse.Namespace) -> int:
             "identity revoke: revocations are signed and sent to peers by discovery, and "
             "[discovery] enabled = false"
         )
-    status, body = admin_request(
-        config, "POST", "/api/v1/identity/revoke", {"key_id": args.key_id, "reason": args.reason}
-    )
-    if status >= 400:
-        error = body.get("error") if isinstance(body, dict) else None
-        raise CommandError(f"identity revoke: HTTP {status}: {error or body}")
-    if not isinstance(body, dict):
-        raise CommandError(f"identity revoke: unexpected answer (HTTP {status})")
+    body = _identity_post(config, "revoke", {"key_id": args.key_id, "reason": args.reason})
     print(f"revoked: {body.get('key_id')} ({body.get('reason') or 'no reason given'})")
     print(f"signed by: {body.get('current_key_id')} (the current key)")
     print(f"server_uuid: {body.get('server_uuid')}")
