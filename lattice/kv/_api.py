@@ -539,6 +539,10 @@ class _WatchStream(WatchResponseQueue):
         self.prev_kv: dict[int, bool] = {}
         self.progress_notify: set[int] = set()
         self.fragment: set[int] = set()
+        # The last queued events response and an upper bound of its size, so that merging
+        # into it never has to measure a growing message.
+        self._tail: rpc_pb2.WatchResponse | None = None
+        self._tail_bytes = 0
         self.quiet: set[int] = set()
         self.next_id = 0
 
@@ -556,15 +560,14 @@ class _WatchStream(WatchResponseQueue):
             # gets fewer, larger responses; revisions are never split).
             tail = outgoing[-1]
             if (
-                tail.watch_id == watch_id
-                and tail.events
-                and not tail.created
-                and not tail.canceled
+                tail is self._tail
+                and tail.watch_id == watch_id
                 and not tail.fragment
                 and len(tail.events) < MERGE_EVENTS
-                and tail.ByteSize() + len(encoded) <= limit
+                and self._tail_bytes + len(encoded) <= limit
             ):
                 tail.MergeFromString(encoded)
+                self._tail_bytes += len(encoded)
                 return
         response = rpc_pb2.WatchResponse.FromString(encoded)
         response.watch_id = watch_id
@@ -572,6 +575,7 @@ class _WatchStream(WatchResponseQueue):
             self._push_fragments(response, limit)
             return
         self.push(response)
+        self._tail, self._tail_bytes = response, response.ByteSize()
 
     def _push_fragments(self, response: rpc_pb2.WatchResponse, limit: int) -> None:
         """
@@ -598,6 +602,7 @@ class _WatchStream(WatchResponseQueue):
             part.events.append(event)
             size += cost
         self.push(part)
+        self._tail, self._tail_bytes = part, size
 
     async def create(self, request: rpc_pb2.WatchCreateRequest) -> None:
         api = self.api
