@@ -305,9 +305,10 @@ class KVService(Service):
         assert cluster is not None
         cluster.set_not_ready("connecting to the etcd cluster")
         # What the operator was last told about the cluster: (can_linearize, reachable).
-        told: list[tuple[bool, bool]] = []
+        told: tuple[bool, bool] | None = None
 
         def on_state(can_linearize: bool, reachable: bool, detail: str) -> None:
+            nonlocal told
             if self._metrics is not None:
                 self._metrics.can_linearize.set(1 if can_linearize else 0)
                 self._metrics.cache_state.set(1 if reachable else 0)
@@ -323,8 +324,8 @@ class KVService(Service):
             else:
                 message = f"etcd cluster: no member reachable: {detail}"
                 cluster.set_not_ready(message)
-            if told[-1:] != [(can_linearize, reachable)]:
-                told[:] = [(can_linearize, reachable)]
+            if told != (can_linearize, reachable):
+                told = (can_linearize, reachable)
                 if can_linearize:
                     self._log.info("{message}", message=message)
                 else:

@@ -21,7 +21,9 @@ from lattice.tls.testing import TestingCA
 
 from ._etcd_cluster import EtcdCluster, EtcdTls, free_port
 from .test_kv_cluster import Client, readyz
-from .test_kv_etcdctl import KVDaemon
+from .test_kv_etcdctl import READY, KVDaemon
+
+UNREACHABLE = re.compile(rb"etcd cluster: no member reachable")
 
 
 class UpstreamTlsTests(SynchronousTestCase):
@@ -62,13 +64,7 @@ class UpstreamTlsTests(SynchronousTestCase):
         )
         self.addCleanup(daemon.stop)
         daemon.port = port
-        daemon.start(
-            ready=re.compile(
-                rb"etcd cluster: no member reachable"
-                if not ready
-                else rb"kv: listening on 127\.0\.0\.1:(\d+)"
-            )
-        )
+        daemon.start(ready=READY if ready else UNREACHABLE)
         return daemon
 
     def client(self, daemon: KVDaemon) -> Client:
