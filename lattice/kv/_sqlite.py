@@ -215,13 +215,17 @@ class SQLiteStorage:
         build: SnapshotBuilder | None = None,
     ) -> None:
         """
-        Deliver ``build`` applied to the committed state, read and built on the writer
-        thread between two commits; without ``build``, a copy of the database file's content.
+        Deliver ``build`` applied to the committed state; without ``build``, a copy of the
+        database file's content (taken on the writer thread between two commits).
+
+        With ``build``, the writer thread only opens a read transaction on a second
+        connection between two commits, which pins that point in WAL; the state is read and
+        built on a thread of its own, so writes keep committing meanwhile.
         """
         if build is None:
             self._enqueue(("call", self._snapshot, done))
         else:
-            self._enqueue(("call", lambda: build(self._snapshot_state()), done))
+            self._enqueue(("read", build, done))
 
     def defragment(self, done: CommitCallback) -> None:
         """``VACUUM`` the database, in order with the writes."""
@@ -277,7 +281,10 @@ class SQLiteStorage:
                 self._close_now()
                 self._deliver(done)
                 return False
-            self._call(payload, done)
+            if kind == "read":
+                self._start_read(payload, done)
+            else:
+                self._call(payload, done)
         self._commit(group)
         return True
 
@@ -372,11 +379,44 @@ class SQLiteStorage:
         finally:
             copy.close()
 
-    def _snapshot_state(self) -> StoredState:
-        """Everything committed, read in one go on the writer thread (so: consistent)."""
-        conn = self._conn
-        assert conn is not None, "load() first"
-        conn.execute("BEGIN")
+    def _start_read(
+        self, build: SnapshotBuilder, done: Callable[[bytes | BaseException], None]
+    ) -> None:
+        """
+        Pin the committed state in a read transaction of a new connection (on the writer
+        thread, so after every batch submitted before), then read and build it elsewhere.
+        """
+        reader: sqlite3.Connection | None = None
+        try:
+            reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            # WAL: the transaction's view is fixed by its first read, not by BEGIN.
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM meta").fetchone()
+        except sqlite3.Error as e:
+            if reader is not None:
+                reader.close()
+            error = e
+            self._deliver(lambda: done(error))
+            return
+        pinned = reader
+
+        def finish() -> None:
+            try:
+                result: bytes | BaseException = build(self._snapshot_state(pinned))
+            except Exception as e:
+                result = e
+            finally:
+                pinned.close()
+            self._deliver(lambda: done(result))
+
+        if self._threaded:
+            threading.Thread(target=finish, name="kv-snapshot", daemon=True).start()
+        else:
+            finish()
+
+    @staticmethod
+    def _snapshot_state(conn: sqlite3.Connection) -> StoredState:
+        """Everything committed, as seen by ``conn``'s open read transaction."""
         try:
             meta = {name: bytes(value) for name, value in conn.execute("SELECT * FROM meta")}
             history = [

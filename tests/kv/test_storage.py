@@ -288,3 +288,35 @@ class ThreadedSQLiteStorageTests(StorageContractMixin, SynchronousTestCase):
         self.assertEqual(storage.transactions, 1)
         _, state = self.reopen(storage)
         self.assertEqual(len(state.history), 500)
+
+    def test_build_does_not_hold_writes(self) -> None:
+        """
+        A snapshot being built does not stop the writer: batches submitted after it commit
+        while the builder runs, and the builder sees the state as of its request only.
+        """
+        storage = self.make()
+        storage.submit(Batch(2, changes=[Change(2, 0, b"a", kv(b"a", 2))]), lambda e: None)
+        entered, release = threading.Event(), threading.Event()
+        seen: list[Any] = []
+
+        def build(state: Any) -> bytes:
+            seen.append(state)
+            entered.set()
+            release.wait(30)
+            return b"built"
+
+        results: list[object] = []
+        storage.snapshot(results.append, build)
+        self.assertTrue(entered.wait(30))
+        committed: list[BaseException | None] = []
+        storage.submit(Batch(3, changes=[Change(3, 0, b"b", kv(b"b", 3))]), committed.append)
+        while not committed:
+            self.delivered.get(timeout=30)()
+        self.assertEqual(committed, [None])
+        self.assertEqual(results, [])
+        release.set()
+        while not results:
+            self.delivered.get(timeout=30)()
+        self.assertEqual(results, [b"built"])
+        self.assertEqual(seen[0].revision, 2)
+        self.assertEqual([change.key for change in seen[0].history], [b"a"])
