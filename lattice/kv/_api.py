@@ -479,6 +479,35 @@ class WatchResponseQueue:
             wake, self.wake = self.wake, None
             wake.callback(None)
 
+    def push_fragments(
+        self, response: rpc_pb2.WatchResponse, limit: int
+    ) -> tuple[rpc_pb2.WatchResponse, int]:
+        """
+        As etcd does for a watch created with ``fragment``: ``response``'s events in
+        responses of at most ``limit`` bytes (or one event each, if an event alone is
+        larger), every one but the last marked ``fragment``; the client joins them.
+        Returns the last response and an upper bound of its size.
+        """
+        base = rpc_pb2.WatchResponse(watch_id=response.watch_id)
+        base.header.CopyFrom(response.header)
+        empty = base.ByteSize()
+        part = rpc_pb2.WatchResponse()
+        part.CopyFrom(base)
+        size = empty
+        for event in response.events:
+            # An event costs its length, its tag and its length prefix (at most 1 + 5 bytes).
+            cost = event.ByteSize() + 6
+            if part.events and size + cost > limit:
+                part.fragment = True
+                self.push(part)
+                part = rpc_pb2.WatchResponse()
+                part.CopyFrom(base)
+                size = empty
+            part.events.append(event)
+            size += cost
+        self.push(part)
+        return part, size
+
     async def create(self, request: rpc_pb2.WatchCreateRequest) -> None:
         """Start one watch (or answer why not)."""
         raise NotImplementedError
@@ -572,37 +601,10 @@ class _WatchStream(WatchResponseQueue):
         response = rpc_pb2.WatchResponse.FromString(encoded)
         response.watch_id = watch_id
         if watch_id in self.fragment and len(encoded) > limit and len(response.events) > 1:
-            self._push_fragments(response, limit)
+            self._tail, self._tail_bytes = self.push_fragments(response, limit)
             return
         self.push(response)
         self._tail, self._tail_bytes = response, response.ByteSize()
-
-    def _push_fragments(self, response: rpc_pb2.WatchResponse, limit: int) -> None:
-        """
-        As etcd does for a watch created with ``fragment``: one revision's events in
-        responses of at most ``limit`` bytes (or one event each, if an event alone is
-        larger), every one but the last marked ``fragment``; the client joins them.
-        """
-        events = list(response.events)
-        base = rpc_pb2.WatchResponse(watch_id=response.watch_id)
-        base.header.CopyFrom(response.header)
-        empty = base.ByteSize()
-        part = rpc_pb2.WatchResponse()
-        part.CopyFrom(base)
-        size = empty
-        for event in events:
-            # An event costs its length, its tag and its length prefix (at most 1 + 5 bytes).
-            cost = event.ByteSize() + 6
-            if part.events and size + cost > limit:
-                part.fragment = True
-                self.push(part)
-                part = rpc_pb2.WatchResponse()
-                part.CopyFrom(base)
-                size = empty
-            part.events.append(event)
-            size += cost
-        self.push(part)
-        self._tail, self._tail_bytes = part, size
 
     async def create(self, request: rpc_pb2.WatchCreateRequest) -> None:
         api = self.api

@@ -776,13 +776,20 @@ class _UpstreamWatchStream(WatchResponseQueue):
         self.api = api
         self.caller = caller
         self.watches: dict[int, Any] = {}
+        # Client watches created with ``fragment`` (the shared upstream watch is not: its
+        # responses are split here, for the clients that asked).
+        self.fragment: set[int] = set()
         self.next_id = 0
 
     def deliver(self, watch_id: int, response: rpc_pb2.WatchResponse) -> None:
         if watch_id not in self.watches:
             return
         if response.canceled:
-            self.watches.pop(watch_id, None)
+            self._forget(watch_id)
+        limit = self.api.limits.max_request_bytes
+        if watch_id in self.fragment and len(response.events) > 1 and response.ByteSize() > limit:
+            self.push_fragments(response, limit)
+            return
         self.push(response)
 
     async def create(self, request: rpc_pb2.WatchCreateRequest) -> None:
@@ -807,12 +814,14 @@ class _UpstreamWatchStream(WatchResponseQueue):
             request.progress_notify,
         )
         self.watches[watch_id] = None
+        if request.fragment:
+            self.fragment.add(watch_id)
         try:
             shared, created = await self.api.mux.subscribe(
                 self, watch_id, key, request.start_revision, len(caller.prefix)
             )
         except Exception as e:
-            self.watches.pop(watch_id, None)
+            self._forget(watch_id)
             self.push(
                 rpc_pb2.WatchResponse(
                     watch_id=watch_id,
@@ -830,11 +839,16 @@ class _UpstreamWatchStream(WatchResponseQueue):
         response.CopyFrom(created)
         response.watch_id = watch_id
         if response.canceled:
-            self.watches.pop(watch_id, None)
+            self._forget(watch_id)
         self.push(response)
 
+    def _forget(self, watch_id: int) -> Any:
+        """Drop one client watch's state; returns its shared upstream watch (or None)."""
+        self.fragment.discard(watch_id)
+        return self.watches.pop(watch_id, None)
+
     async def cancel(self, watch_id: int) -> None:
-        shared = self.watches.pop(watch_id, None)
+        shared = self._forget(watch_id)
         if shared is None:
             return
         await self.api.mux.unsubscribe(shared, self, watch_id)

@@ -25,6 +25,8 @@ from ._etcd_cluster import EtcdCluster
 from .test_kv_etcdctl import KVDaemon
 
 UPSTREAM_TIMEOUT = "1s"
+# Lattice's request limit; etcd's stays at its default (1.5 MiB), so only Lattice fragments.
+MAX_REQUEST_BYTES = 64 * 1024
 
 
 class Client:
@@ -62,14 +64,15 @@ class Client:
         kvs = self.range(key, serializable=serializable).kvs
         return kvs[0].value if kvs else None
 
-    def watch(self, key: bytes, range_end: bytes = b"") -> queue.SimpleQueue[Any]:
+    def watch(
+        self, key: bytes, range_end: bytes = b"", *, prev_kv: bool = False, fragment: bool = False
+    ) -> queue.SimpleQueue[Any]:
         """Start a watch; responses (or the final error) arrive on the returned queue."""
         requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        requests.put(
-            rpc_pb2.WatchRequest(
-                create_request=rpc_pb2.WatchCreateRequest(key=key, range_end=range_end)
-            )
+        create = rpc_pb2.WatchCreateRequest(
+            key=key, range_end=range_end, prev_kv=prev_kv, fragment=fragment
         )
+        requests.put(rpc_pb2.WatchRequest(create_request=create))
 
         def iterate() -> Iterator[Any]:
             while True:
@@ -107,13 +110,18 @@ class Client:
 
 def next_events(responses: queue.SimpleQueue[Any], timeout: float = 10.0) -> list[Any]:
     """The events of the next watch response that has some."""
+    return list(next_with_events(responses, timeout).events)
+
+
+def next_with_events(responses: queue.SimpleQueue[Any], timeout: float = 10.0) -> Any:
+    """The next watch response that has events."""
     deadline = time.monotonic() + timeout
     while True:
         response = responses.get(timeout=max(0.01, deadline - time.monotonic()))
         if isinstance(response, Exception):
             raise response
         if response.events:
-            return list(response.events)
+            return response
 
 
 def readyz(port: int) -> tuple[int, str]:
@@ -144,6 +152,7 @@ class KVClusterTests(SynchronousTestCase):
                 backend="etcd",
                 etcd_endpoints=", ".join(self.cluster.endpoints),
                 upstream_timeout=UPSTREAM_TIMEOUT,
+                max_request_bytes=str(MAX_REQUEST_BYTES),
             )
             self.addCleanup(daemon.stop)
             daemon.start()
@@ -187,6 +196,47 @@ class KVClusterTests(SynchronousTestCase):
         self.addCleanup(direct.close)
         self.assertEqual(direct.get(b"default\0shared/x"), b"1")
         self.assertIsNone(direct.get(b"shared/x"))
+
+    def test_watch_fragment(self) -> None:
+        """
+        A client watch created with ``fragment`` gets a revision larger than Lattice's
+        request limit in several responses under the limit, every one but the last marked,
+        which join into the revision's events; a watch without it (sharing the same upstream
+        watch) gets the revision whole, as from etcd.
+        """
+        plain = self.b.watch(b"big/", b"big0", prev_kv=True)
+        split = self.b.watch(b"big/", b"big0", prev_kv=True, fragment=True)
+        for responses in (plain, split):
+            self.assertTrue(responses.get(timeout=10).created)
+        for i in range(10):
+            self.a.put(b"big/%d" % i, b"x" * 10_000)
+        for responses in (plain, split):
+            for _ in range(10):
+                next_events(responses)
+        deleted: rpc_pb2.DeleteRangeResponse = self.a._unary(
+            "KV",
+            "DeleteRange",
+            rpc_pb2.DeleteRangeRequest(key=b"big/", range_end=b"big0"),
+            rpc_pb2.DeleteRangeResponse,
+        )
+        self.assertEqual(deleted.deleted, 10)
+        whole = next_with_events(plain)
+        self.assertEqual(len(whole.events), 10)
+        self.assertGreater(whole.ByteSize(), MAX_REQUEST_BYTES)
+        self.assertFalse(whole.fragment)
+        parts = [next_with_events(split)]
+        while parts[-1].fragment:
+            parts.append(next_with_events(split))
+        self.assertGreater(len(parts), 1)
+        for part in parts:
+            self.assertLessEqual(part.ByteSize(), MAX_REQUEST_BYTES)
+            self.assertEqual(part.header.revision, deleted.header.revision)
+        joined = [event for part in parts for event in part.events]
+        self.assertEqual(joined, list(whole.events))
+        self.assertEqual(
+            [(e.kv.key, len(e.prev_kv.value)) for e in joined],
+            [(b"big/%d" % i, 10_000) for i in range(10)],
+        )
 
     def test_member_failures(self) -> None:
         """One member down: all works; two down: linearizable calls fail as mapped; recovery."""
