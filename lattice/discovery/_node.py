@@ -46,6 +46,7 @@ from lattice.discovery._gossip import (
 )
 from lattice.discovery._limits import CircuitBreaker
 from lattice.discovery._records import (
+    MAX_KEY_HISTORY,
     PeerTable,
     RecordError,
     Verifier,
@@ -527,10 +528,31 @@ class DiscoveryNode:
             self._seq,
             now,
             self.accepting_messages,
+            key_history=self.key_history(),
         )
         if self._has_store:
             assert self._store is not None
             await self._db(self._store.set_meta, "own_seq", str(self._seq))
+
+    def key_history(self) -> list[dict[str, Any]]:
+        """
+        The rotations from the key this server's uuid derives from to its
+        current key, in order (empty when it never rotated), for its record.
+        """
+        prefix = self.server_uuid + "/"
+        by_new = {
+            event.get("new_key_id"): event
+            for name, event in self.table.rotations.items()
+            if name.startswith(prefix)
+        }
+        chain: list[dict[str, Any]] = []
+        key_id: object = self._identity.key_id
+        while key_id in by_new and len(chain) < MAX_KEY_HISTORY:
+            rotation = by_new.pop(key_id)
+            chain.append(rotation)
+            key_id = rotation.get("old_key_id")
+        chain.reverse()
+        return chain
 
     @property
     def accepting_messages(self) -> bool:
@@ -584,7 +606,7 @@ class DiscoveryNode:
         if (
             checked["server_uuid"] != origin
             or checked["key_id"] != key_id
-            or node_id_of(candidate) != origin
+            or not self.table.may_claim(checked, candidate)
             or self.table.is_revoked(key_id)
             or not self.table.verify_object(checked, candidate)
         ):
@@ -958,7 +980,13 @@ class DiscoveryNode:
         the old key, and the record is re-signed by the new one; both spread
         with the next gossip rounds.
         """
-        rotation = make_rotation(self._identity, self.server_uuid, new_public_key, self.now())
+        rotation = make_rotation(
+            self._identity,
+            self.server_uuid,
+            new_public_key,
+            self.now(),
+            old_public_key=self._public_key,
+        )
         self.table.rotations[f"{self.server_uuid}/{self._identity.key_id}"] = rotation
         self._identity = new_identity
         self._public_key = new_public_key
@@ -1178,7 +1206,7 @@ class DiscoveryNode:
             return False
         uuid = checked["server_uuid"]
         current = self.table.current_key(uuid)
-        if current is None and (uuid in self.table.keys or node_id_of(key) != uuid):
+        if current is None and (uuid in self.table.keys or not self.table.may_claim(checked, key)):
             return False
         if current is not None and current != key:
             return False

@@ -6,7 +6,9 @@ C{seq}: a record only replaces one with a lower C{seq}, so stale replays lose.
 A server's uuid is the node id of its first key; a key rotation, signed by the
 old key, moves the uuid to a new key and keeps the old one verifiable for a
 grace period; a revocation (signed by the revoked key or the server's current
-key) makes a key unusable for good.
+key) makes a key unusable for good.  A server that rotated carries the chain
+of its rotations in its record (C{key_history}), so that servers that never
+knew its earlier keys can check that its uuid leads to its current key.
 
 A record for a server nobody has vouched for enters the table as I{pending}:
 its signature verified, it is not forwarded or used until the server proved
@@ -37,9 +39,11 @@ from lattice.identity import PublicIdentity, node_id_of
 
 __all__ = [
     "KEY_GRACE_MS",
+    "MAX_KEY_HISTORY",
     "PeerTable",
     "RecordError",
     "Verifier",
+    "check_key_history",
     "check_peer_record",
     "key_id_of",
     "make_peer_record",
@@ -50,6 +54,8 @@ __all__ = [
 ]
 
 KEY_GRACE_MS = 7 * 24 * 3600 * 1000
+# rotations a record's key history may hold (one per rotation since the server's first key)
+MAX_KEY_HISTORY = 16
 MAX_ENDPOINTS = 4
 MAX_URL = 512
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -180,25 +186,28 @@ def make_peer_record(
     issued_at: int,
     accepting_messages: bool = True,
     version: str = "lattice/0.1",
+    key_history: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """
-    A self-signed peer record.
+    A self-signed peer record.  A server that rotated its key carries its
+    C{key_history}: the rotations from the key its uuid derives from to
+    C{public_key} (L{check_key_history}).
     """
-    return sign_object(
-        signer,
-        {
-            "kind": "peer",
-            "server_uuid": server_uuid,
-            "server_id": server_id,
-            "public_key": b64encode(public_key),
-            "key_id": key_id_of(public_key),
-            "endpoints": list(endpoints),
-            "seq": seq,
-            "issued_at": issued_at,
-            "accepting_messages": accepting_messages,
-            "version": version,
-        },
-    )
+    record = {
+        "kind": "peer",
+        "server_uuid": server_uuid,
+        "server_id": server_id,
+        "public_key": b64encode(public_key),
+        "key_id": key_id_of(public_key),
+        "endpoints": list(endpoints),
+        "seq": seq,
+        "issued_at": issued_at,
+        "accepting_messages": accepting_messages,
+        "version": version,
+    }
+    if key_history:
+        record["key_history"] = key_history
+    return sign_object(signer, record)
 
 
 def check_peer_record(record: object) -> dict[str, Any]:
@@ -228,14 +237,23 @@ def check_peer_record(record: object) -> dict[str, Any]:
         raise RecordError("malformed accepting_messages")
     if record.get("key_id") != key_id_of(public_key_of(record)):
         raise RecordError("key_id does not match public_key")
+    history = record.get("key_history")
+    if history is not None and (
+        not isinstance(history, list) or not 1 <= len(history) <= MAX_KEY_HISTORY
+    ):
+        raise RecordError(f"key_history must be a list of 1 to {MAX_KEY_HISTORY} rotations")
     return record
 
 
 def make_rotation(
-    old: Signer, server_uuid: str, new_public_key: bytes, issued_at: int
+    old: Signer, server_uuid: str, new_public_key: bytes, issued_at: int, *, old_public_key: bytes
 ) -> dict[str, Any]:
     """
     A key rotation: the old key hands C{server_uuid} over to C{new_public_key}.
+
+    It names both public keys, so that a server that never knew the old key
+    can still check the chain of rotations from the key the uuid derives from
+    (L{check_key_history}).
     """
     return sign_object(
         old,
@@ -243,11 +261,67 @@ def make_rotation(
             "kind": "rotation",
             "server_uuid": server_uuid,
             "old_key_id": old.key_id,
+            "old_public_key": b64encode(old_public_key),
             "new_public_key": b64encode(new_public_key),
             "new_key_id": key_id_of(new_public_key),
             "issued_at": issued_at,
         },
     )
+
+
+def check_key_history(
+    server_uuid: str, history: object, public_key: bytes, verify: Verifier
+) -> list[dict[str, Any]]:
+    """
+    Check that C{history}, a list of rotations, leads from the key
+    C{server_uuid} derives from to C{public_key}, each rotation signed by the
+    key it retires.  Revocations are not consulted: a key revoked after it was
+    rotated out still signed its rotation (see docs/discovery.rst on what a
+    stolen rotated-out key can still do).
+
+    @return: the rotations, in order.
+    @raise RecordError: the history is malformed or does not lead there.
+    """
+    if not isinstance(history, list) or not 1 <= len(history) <= MAX_KEY_HISTORY:
+        raise RecordError(f"key history must be a list of 1 to {MAX_KEY_HISTORY} rotations")
+    current: bytes | None = None
+    for rotation in history:
+        if (
+            not isinstance(rotation, dict)
+            or rotation.get("kind") != "rotation"
+            or rotation.get("server_uuid") != server_uuid
+        ):
+            raise RecordError("key history holds something else than this server's rotations")
+        try:
+            old = _decoded_key(rotation["old_public_key"])
+            new = _decoded_key(rotation["new_public_key"])
+            signer_id, signature = signature_of(rotation)
+            data = signing_bytes(rotation)
+        except (KeyError, ValueError, RecordError):
+            raise RecordError("malformed rotation in the key history") from None
+        issued_at = rotation.get("issued_at")
+        if (
+            len(old) != 32
+            or len(new) != 32
+            or not isinstance(issued_at, int)
+            or isinstance(issued_at, bool)
+        ):
+            raise RecordError("malformed rotation in the key history")
+        if current is None and node_id_of(old) != server_uuid:
+            raise RecordError("key history does not start at the key the uuid derives from")
+        if current is not None and old != current:
+            raise RecordError("key history is not a chain")
+        if not (
+            rotation.get("old_key_id") == signer_id == key_id_of(old)
+            and rotation.get("new_key_id") == key_id_of(new)
+        ):
+            raise RecordError("rotation key ids do not match its keys")
+        if not verify(old, signature, data):
+            raise RecordError("bad signature in the key history")
+        current = new
+    if current != public_key:
+        raise RecordError("key history does not lead to the record's key")
+    return list(history)
 
 
 def make_revocation(
@@ -401,8 +475,10 @@ class PeerTable:
         if known is not None:
             if key_id_of(known) != checked["key_id"]:
                 return Offer("invalid", "not signed by the current key of this server")
-        elif node_id_of(key) != uuid:
-            return Offer("invalid", "server_uuid is not derived from public_key")
+        elif not self.may_claim(checked, key):
+            return Offer(
+                "invalid", "server_uuid is not derived from public_key nor from its key history"
+            )
         if not self.verify_object(checked, key):
             return Offer("invalid", "bad signature")
         pinned = self._pinned_fingerprint(checked)
@@ -423,10 +499,30 @@ class PeerTable:
                 return pinned
         return None
 
+    def may_claim(self, record: Mapping[str, Any], public_key: bytes) -> bool:
+        """
+        Whether a server met for the first time may hold its record's uuid
+        with C{public_key}: the uuid derives from that key, or the record's
+        key history leads there from the key the uuid derives from.
+        """
+        uuid = record["server_uuid"]
+        if node_id_of(public_key) == uuid:
+            return True
+        try:
+            check_key_history(uuid, record.get("key_history"), public_key, self._verify)
+        except RecordError:
+            return False
+        return True
+
     def accept_pending(self, server_uuid: str, public_key: bytes) -> dict[str, Any] | None:
         """
         The pending record of C{server_uuid} is proven (its endpoint answered
         with C{public_key}): make it a known record.
+
+        For a server met for the first time after it rotated its key, the
+        rotations of the record's key history are kept (and passed on), and its
+        earlier keys are known as rotated out, valid for what is left of their
+        grace period.
         """
         record = self.pending.get(server_uuid)
         if record is None or public_key_of(record) != public_key:
@@ -434,9 +530,23 @@ class PeerTable:
         del self.pending[server_uuid]
         if record["seq"] <= self.seq_of(server_uuid):
             return None
+        rotations: list[dict[str, Any]] = []
+        if server_uuid not in self.keys and node_id_of(public_key) != server_uuid:
+            # the proof may have brought a newer record than the one offered
+            try:
+                rotations = check_key_history(
+                    server_uuid, record.get("key_history"), public_key, self._verify
+                )
+            except RecordError:
+                return None
         self.records[server_uuid] = record
         if server_uuid not in self.keys:
             self.keys[server_uuid] = public_key
+            for rotation in rotations:
+                old = _decoded_key(rotation["old_public_key"])
+                until = rotation["issued_at"] + KEY_GRACE_MS
+                self.previous.setdefault(server_uuid, {})[key_id_of(old)] = (old, until)
+                self.rotations[f"{server_uuid}/{rotation['old_key_id']}"] = rotation
         return record
 
     def drop_pending(self, server_uuid: str) -> None:

@@ -8,6 +8,7 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from lattice.discovery._node import ApiError
+from lattice.discovery._records import make_peer_record, make_rotation
 from lattice.identity import NodeIdentity
 from tests.discovery._helpers import Cluster, memory_store, run
 
@@ -378,6 +379,114 @@ class RotationTests(SynchronousTestCase):
         for other in (cluster.nodes[0], cluster.nodes[2]):
             self.assertTrue(other.table.is_revoked(old_key_id))
             self.assertIsNone(other.table.key_for(node.server_uuid, old_key_id, other.now()))
+
+
+class RotatedServerTests(SynchronousTestCase):
+    """
+    A server that rotated its key keeps the uuid derived from its first key; servers
+    that join afterwards learn it from the chain of rotations it shows with its proof.
+    """
+
+    def rotate(self, cluster: Cluster, i: int, times: int = 1) -> list[NodeIdentity]:
+        keys = []
+        for _ in range(times):
+            new = NodeIdentity.generate()
+            run(self, cluster.nodes[i].rotate(new, new.public_key))
+            keys.append(new)
+        return keys
+
+    def test_newcomer_learns_rotated_server(self) -> None:
+        """
+        A server added after s1 rotated twice (and revoked its first key) learns s1 by
+        gossip, with s1's current key; messages flow both ways.
+        """
+        cluster = Cluster(3)
+        cluster.rounds(self, 2)
+        node = cluster.nodes[1]
+        first = cluster.identities[1].key_id
+        _, current = self.rotate(cluster, 1, times=2)
+        run(self, node.revoke(first, "retired"))
+        cluster.rounds(self, 2)
+        newcomer = cluster.add("s3")
+        cluster.rounds(self, 3)
+        self.assertTrue(cluster.converged())
+        self.assertEqual(newcomer.table.current_key(node.server_uuid), current.public_key)
+        self.assertEqual(newcomer.table.records[node.server_uuid]["key_id"], current.key_id)
+        to_rotated = send(self, cluster, 3, "bob@s1")
+        from_rotated = send(self, cluster, 1, "carol@s3")
+        self.assertEqual(run(self, newcomer.message_status(to_rotated))["status"], "delivered")
+        self.assertEqual(run(self, node.message_status(from_rotated))["status"], "delivered")
+        # the rotations came along: a third rotation reaches the newcomer as to anyone
+        (third,) = self.rotate(cluster, 1)
+        cluster.rounds(self, 2)
+        self.assertEqual(newcomer.table.current_key(node.server_uuid), third.public_key)
+
+    def test_rotated_bootstrap_server(self) -> None:
+        """A newcomer bootstraps from a server that rotated its key."""
+        cluster = Cluster(2)
+        cluster.rounds(self, 1)
+        (current,) = self.rotate(cluster, 0)
+        newcomer = cluster.add("s2")
+        cluster.rounds(self, 2)
+        bootstrap = cluster.nodes[0]
+        self.assertEqual(newcomer.table.current_key(bootstrap.server_uuid), current.public_key)
+        self.assertTrue(cluster.converged())
+
+    def test_request_from_unknown_rotated_server(self) -> None:
+        """
+        A request from a rotated server that the receiver does not know yet is
+        authenticated by the record it carries, through its key history.
+        """
+        cluster = Cluster(2)
+        (current,) = self.rotate(cluster, 1)
+        node = cluster.nodes[1]
+        stranger = cluster.add("s2", bootstrap=())
+        self.assertNotIn(node.server_uuid, stranger.table.keys)
+        body = {"record": node.own_record()}
+        self.assertEqual(
+            stranger.key_for_request(node.server_uuid, current.key_id, body), current.public_key
+        )
+        without = dict(node.own_record())
+        del without["key_history"]
+        resigned = make_peer_record(
+            current,
+            current.public_key,
+            node.server_uuid,
+            "s1",
+            without["endpoints"],
+            without["seq"] + 1,
+            without["issued_at"],
+        )
+        self.assertIsNone(
+            stranger.key_for_request(node.server_uuid, current.key_id, {"record": resigned})
+        )
+
+    def test_forged_history_refused(self) -> None:
+        """
+        A record of an unknown server signed by a key that no valid chain of rotations
+        leads to from the server's uuid is never accepted, even with a proof.
+        """
+        cluster = Cluster(2)
+        cluster.rounds(self, 1)
+        victim = cluster.nodes[1]
+        impostor_key = NodeIdentity.generate()
+        impostor = cluster.add("s1x", identity=impostor_key)
+        # the impostor claims the victim's uuid and shows a rotation it signed itself
+        impostor.server_uuid = victim.server_uuid
+        impostor.table.own_uuid = victim.server_uuid
+        forged = make_rotation(
+            impostor_key,
+            victim.server_uuid,
+            impostor_key.public_key,
+            1,
+            old_public_key=impostor_key.public_key,
+        )
+        impostor.table.rotations[f"{victim.server_uuid}/{impostor_key.key_id}"] = forged
+        run(self, impostor._resign())
+        newcomer = cluster.add("s2", bootstrap=((cluster.endpoint("s1x"), None),))
+        run(self, newcomer.gossip_round())
+        self.assertNotIn(victim.server_uuid, newcomer.table.records)
+        self.assertNotIn(victim.server_uuid, newcomer.table.keys)
 
 
 class StoreBackedTests(SynchronousTestCase):

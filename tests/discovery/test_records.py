@@ -4,6 +4,7 @@ Tests for L{lattice.discovery._records.PeerTable}.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -139,7 +140,9 @@ class PeerTableTests(SynchronousTestCase):
         """
         self.accept(self.peer)
         new = NodeIdentity.generate()
-        rotation = make_rotation(self.peer, self.peer.node_id, new.public_key, NOW)
+        rotation = make_rotation(
+            self.peer, self.peer.node_id, new.public_key, NOW, old_public_key=self.peer.public_key
+        )
         self.assertEqual(self.table.apply_rotation(rotation, NOW).status, "updated")
         self.assertEqual(self.table.current_key(self.peer.node_id), new.public_key)
         self.assertEqual(
@@ -159,7 +162,13 @@ class PeerTableTests(SynchronousTestCase):
         """
         self.accept(self.peer)
         attacker = NodeIdentity.generate()
-        rotation = make_rotation(attacker, self.peer.node_id, attacker.public_key, NOW)
+        rotation = make_rotation(
+            attacker,
+            self.peer.node_id,
+            attacker.public_key,
+            NOW,
+            old_public_key=attacker.public_key,
+        )
         self.assertNotEqual(self.table.apply_rotation(rotation, NOW).status, "updated")
         self.assertEqual(self.table.current_key(self.peer.node_id), self.peer.public_key)
 
@@ -183,6 +192,130 @@ class PeerTableTests(SynchronousTestCase):
         revocation = make_revocation(attacker, self.peer.node_id, self.peer.key_id, NOW)
         self.assertEqual(self.table.apply_revocation(revocation, NOW).status, "invalid")
         self.assertTrue(self.table.is_usable(self.peer.node_id))
+
+
+def rotations(keys: list[NodeIdentity]) -> list[dict[str, Any]]:
+    """The rotations from C{keys[0]} (whose uuid the server keeps) through every later key."""
+    uuid = keys[0].node_id
+    return [
+        make_rotation(old, uuid, new.public_key, NOW + i, old_public_key=old.public_key)
+        for i, (old, new) in enumerate(itertools.pairwise(keys))
+    ]
+
+
+def rotated_record(
+    keys: list[NodeIdentity], history: list[dict[str, Any]] | None, seq: int = 1
+) -> dict[str, Any]:
+    current = keys[-1]
+    return make_peer_record(
+        current,
+        current.public_key,
+        keys[0].node_id,
+        "x",
+        ["http://x.test"],
+        seq,
+        NOW,
+        key_history=history,
+    )
+
+
+class KeyHistoryTests(SynchronousTestCase):
+    """
+    A server met for the first time after it rotated its key is accepted only
+    when its record's key history leads from its uuid's key to its current key.
+    """
+
+    def setUp(self) -> None:
+        self.table = PeerTable(NodeIdentity.generate().node_id)
+        self.keys = [NodeIdentity.generate() for _ in range(3)]
+        self.uuid = self.keys[0].node_id
+
+    def test_valid_history(self) -> None:
+        """
+        With the chain, the record is pending, then accepted with the current key; the
+        earlier keys are known as rotated out, so their revocation can be honoured.
+        """
+        history = rotations(self.keys)
+        offered = rotated_record(self.keys, history)
+        self.assertEqual(self.table.offer(offered, NOW).status, "pending")
+        accepted = self.table.accept_pending(self.uuid, self.keys[-1].public_key)
+        self.assertEqual(accepted, offered)
+        self.assertEqual(self.table.current_key(self.uuid), self.keys[-1].public_key)
+        self.assertEqual(
+            self.table.key_for(self.uuid, self.keys[0].key_id, NOW), self.keys[0].public_key
+        )
+        self.assertIsNone(
+            self.table.key_for(self.uuid, self.keys[0].key_id, NOW + KEY_GRACE_MS + 1)
+        )
+        revocation = make_revocation(self.keys[-1], self.uuid, self.keys[0].key_id, NOW)
+        self.assertEqual(self.table.apply_revocation(revocation, NOW).status, "updated")
+        self.assertEqual(len(self.table.events()), 3)
+        # the next rotation applies as for any known server
+        newer = NodeIdentity.generate()
+        rotation = make_rotation(
+            self.keys[-1], self.uuid, newer.public_key, NOW, old_public_key=self.keys[-1].public_key
+        )
+        self.assertEqual(self.table.apply_rotation(rotation, NOW).status, "updated")
+        self.assertEqual(self.table.current_key(self.uuid), newer.public_key)
+
+    def assertRefused(self, history: object, keys: list[NodeIdentity] | None = None) -> None:
+        keys = keys or self.keys
+        offered = rotated_record(keys, history)  # type: ignore[arg-type]
+        outcome = self.table.offer(offered, NOW)
+        self.assertEqual(
+            (outcome.status, outcome.reason),
+            ("invalid", "server_uuid is not derived from public_key nor from its key history"),
+        )
+        self.assertNotIn(self.uuid, self.table.pending)
+
+    def test_no_history(self) -> None:
+        """Without a history, a key the uuid does not derive from is refused."""
+        self.assertRefused(None)
+
+    def test_gap(self) -> None:
+        """A chain with a missing link is refused."""
+        history = rotations(self.keys)
+        self.assertRefused([history[1]])
+        self.assertRefused(history[:1])
+
+    def test_history_of_another_server(self) -> None:
+        """Rotations of another uuid do not vouch for this one."""
+        other = [NodeIdentity.generate(), self.keys[1], self.keys[2]]
+        stolen = rotations(other)
+        self.assertRefused(stolen)
+
+    def test_forged_link(self) -> None:
+        """A link not signed by the key it retires is refused."""
+        history = rotations(self.keys)
+        attacker = NodeIdentity.generate()
+        forged = make_rotation(
+            self.keys[1],
+            self.uuid,
+            attacker.public_key,
+            NOW,
+            old_public_key=self.keys[1].public_key,
+        )
+        forged["signature"] = history[1]["signature"]
+        self.assertRefused([history[0], forged], [*self.keys[:2], attacker])
+
+    def test_history_must_start_at_the_uuid_key(self) -> None:
+        """A chain that starts at a key the uuid does not derive from is refused."""
+        impostor = [NodeIdentity.generate(), self.keys[1], self.keys[2]]
+        chain = [
+            make_rotation(old, self.uuid, new.public_key, NOW, old_public_key=old.public_key)
+            for old, new in itertools.pairwise(impostor)
+        ]
+        self.assertRefused(chain)
+
+    def test_malformed(self) -> None:
+        """Malformed histories are refused by the record check or the chain check."""
+        history = rotations(self.keys)
+        broken = dict(history[0], old_public_key="!!")
+        self.assertRefused([broken, history[1]])
+        self.assertRefused([dict(history[0], issued_at="soon"), history[1]])
+        self.assertEqual(
+            self.table.offer(rotated_record(self.keys, [history[0]] * 17), NOW).status, "invalid"
+        )
 
 
 class VerificationCacheTests(SynchronousTestCase):

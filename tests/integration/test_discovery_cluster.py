@@ -372,10 +372,12 @@ class KeyLifecycleTests(SynchronousTestCase):
         C{lattice identity revoke} makes A refuse requests signed by the old
         key, which it accepted during the grace period before; restarted, B
         runs with the successor under the same server uuid, warns that the
-        credential holds a rotated-out key, and still gossips with A.
+        credential holds a rotated-out key, and still gossips with A.  C, started
+        afterwards with B (restarted, rotated) as its bootstrap server, learns B
+        through B's key history, and A through B.
         """
-        harness = ClusterHarness(self, ["A", "B"])
-        a, b = harness.daemons["A"], harness.daemons["B"]
+        harness = ClusterHarness(self, ["A", "B", "C"])
+        a, b, c = harness.daemons["A"], harness.daemons["B"], harness.daemons["C"]
         credentials = harness.directory / "credentials-B"
         credentials.mkdir(mode=0o700)
         old = NodeIdentity.generate()
@@ -414,7 +416,7 @@ class KeyLifecycleTests(SynchronousTestCase):
 
         b.stop()
         b.start()
-        b.wait_ready()
+        b_health = b.wait_ready()
         identity = b.admin("GET", "/api/v1/identity")[1]
         self.assertEqual((identity["server_uuid"], identity["key_id"]), (uuid, new.key_id))
         self.assertIn("credential holds a rotated-out key; update it", b.log.read_text())
@@ -422,6 +424,19 @@ class KeyLifecycleTests(SynchronousTestCase):
         self.assertEqual((status, result["succeeded"]), (200, 1), result)
         (peer,) = a.admin("GET", "/api/v1/peers")[1]
         self.assertEqual((peer["server_uuid"], peer["trust_status"]), (uuid, "verified"))
+
+        c.bootstrap = b_health["endpoints"][0]
+        c.start()
+        c.wait_ready()
+        c_uuid = c.admin("GET", "/api/v1/identity")[1]["server_uuid"]
+        for _ in range(3):
+            for daemon in (c, b, a):
+                daemon.admin("POST", "/api/v1/announce", {"force": True})
+        known = {p["server_uuid"]: p["trust_status"] for p in c.admin("GET", "/api/v1/peers")[1]}
+        self.assertEqual(known, {uuid: "verified", a_uuid: "verified"}, c.tail())
+        for daemon in (a, b):
+            peers = [p["server_uuid"] for p in daemon.admin("GET", "/api/v1/peers")[1]]
+            self.assertIn(c_uuid, peers)
 
     def signed_status(
         self, endpoint: str, destination: str, origin: str, signer: NodeIdentity
