@@ -538,6 +538,9 @@ class WatchResponseQueue:
                     await self.cancel(request.cancel_request.watch_id)
                 elif kind == "progress_request":
                     self.progress()
+            # As etcd: a client that half-closes its side keeps its watches until it
+            # cancels the call or goes away (the HTTP gateway relies on it).
+            await sender
         finally:
             await self.close()
             if metrics is not None:

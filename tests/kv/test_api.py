@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from lattice.grpc import GrpcError, Metadata, StatusCode
@@ -87,6 +87,15 @@ class Requests:
 
 
 class ApiTestCase(SynchronousTestCase):
+    def end_watch(self, done: Deferred[None]) -> None:
+        """
+        The client cancels its Watch call (ending its requests keeps the watches, as
+        with etcd), which ends.
+        """
+        self.assertNoResult(done)
+        done.cancel()
+        self.failureResultOf(done, CancelledError)
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.storage = MemoryStorage()
@@ -267,12 +276,27 @@ class TenantTests(ApiTestCase):
         )
         self.put(b"k1", b"again", self.alice)
         self.put(b"k1", b"again", self.bob)
-        requests.end()
-        self.successResultOf(done)
+        self.end_watch(done)
         sent = self.bob_watch_sent = self._sent(self.bob)
         self.assertTrue(sent[0].created)
         events = [(e.kv.key, e.kv.value, e.prev_kv.value) for r in sent[1:] for e in r.events]
         self.assertEqual(events, [(b"k1", b"b", b""), (b"k1", b"again", b"b")])
+
+    def test_half_closed_watch_goes_on(self) -> None:
+        """
+        A client that ends its requests (half-closes) keeps receiving events, as from
+        etcd, until it cancels the call.
+        """
+        requests = Requests()
+        done = Deferred.fromCoroutine(self.watch.watch(requests, self.bob))
+        requests.feed(pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"later")))
+        requests.end()
+        self.put(b"later", b"1", self.bob)
+        self.assertNoResult(done)
+        sent = self._sent(self.bob)
+        self.assertEqual([e.kv.value for r in sent for e in r.events], [b"1"])
+        self.end_watch(done)
+        self.assertEqual(self.api.watch_streams, set())
 
     def _sent(self, context: Context) -> list[pb.WatchResponse]:
         return [m for m in context.sent if m.ByteSize()]
@@ -460,8 +484,7 @@ class ProgressTests(ApiTestCase):
         self.assertEqual(
             [(r.watch_id, r.header.revision, len(r.events)) for r in progress], [(0, 2, 0)]
         )
-        requests.end()
-        self.successResultOf(done)
+        self.end_watch(done)
 
 
 class SlowContext(Context):
@@ -495,10 +518,9 @@ class SlowWatcherTests(ApiTestCase):
         merged = context.sent[1]
         self.assertEqual([e.kv.value for e in merged.events], [b"1", b"2", b"3"])
         self.assertEqual(merged.header.revision, 4)
-        requests.end()
         while gate:
             gate.pop(0).callback(None)
-        self.successResultOf(done)
+        self.end_watch(done)
 
 
 class FragmentTests(ApiTestCase):
@@ -539,10 +561,9 @@ class FragmentTests(ApiTestCase):
         last marked as fragments; joined, they are the revision's events in order.
         """
         context = Context()
-        requests, done = self.watch_all(True, context)
+        _, done = self.watch_all(True, context)
         deleted = self.big_revision()
-        requests.end()
-        self.successResultOf(done)
+        self.end_watch(done)
         parts = [m for m in context.sent if m.events]
         self.assertGreater(len(parts), 1)
         self.assertEqual([p.fragment for p in parts], [True] * (len(parts) - 1) + [False])
@@ -555,10 +576,9 @@ class FragmentTests(ApiTestCase):
     def test_not_fragmented_unless_asked(self) -> None:
         """Without C{fragment}, a revision is one response, however large (as etcd)."""
         context = Context()
-        requests, done = self.watch_all(False, context)
+        _, done = self.watch_all(False, context)
         self.big_revision()
-        requests.end()
-        self.successResultOf(done)
+        self.end_watch(done)
         (response,) = [m for m in context.sent if m.events]
         self.assertEqual(len(response.events), 10)
         self.assertFalse(response.fragment)
@@ -567,7 +587,7 @@ class FragmentTests(ApiTestCase):
         """A slow reader's queued revisions are merged only while under the limit."""
         context = SlowContext()
         gate = context.gate
-        requests, done = self.watch_all(False, context)
+        _, done = self.watch_all(False, context)
         for i in range(12):
             self.put(b"m%d" % i, b"x" * 1000)
         while gate:
@@ -579,7 +599,6 @@ class FragmentTests(ApiTestCase):
         self.assertGreater(len(responses), 1)
         for response in responses:
             self.assertLessEqual(response.ByteSize(), 4096 + 1100)
-        requests.end()
         while gate:
             gate.pop(0).callback(None)
-        self.successResultOf(done)
+        self.end_watch(done)
