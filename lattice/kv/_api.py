@@ -810,8 +810,11 @@ class ClusterService:
 
     def _member(self) -> rpc_pb2.Member:
         api = self._api
+        urls = api.client_urls()
+        # A standalone node has no peer port: its peer URLs are the URLs it is reached at
+        # (clients and tools expect a member to have some).
         return rpc_pb2.Member(
-            ID=api.store.member_id, name=api.member_name, clientURLs=api.client_urls()
+            ID=api.store.member_id, name=api.member_name, clientURLs=urls, peerURLs=urls
         )
 
     async def member_list(

@@ -7,7 +7,6 @@ deleting an expired lease's keys (in one revision) is the store's job.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,9 +26,12 @@ class Lease:
     keys: set[bytes] = field(default_factory=set)
 
     def remaining(self, now: float) -> int:
-        """Whole seconds left, rounded up as etcd does; -1 once expired."""
+        """
+        Whole seconds left, the fraction dropped as etcd 3.4 does (59 just after a grant
+        of 60); -1 once expired.
+        """
         left = self.expiry - now
-        return math.ceil(left) if left > 0 else -1
+        return int(left) if left > 0 else -1
 
 
 class Lessor:

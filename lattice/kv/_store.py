@@ -254,16 +254,17 @@ class KVStore:
     def range(self, request: rpc_pb2.RangeRequest) -> rpc_pb2.RangeResponse:
         """Answer a Range request."""
         response = rpc_pb2.RangeResponse()
-        revision = self._range_into(request, response)
-        self.header(response.header, revision)
+        self._range_into(request, response)
+        # As etcd: the store's revision, also for a read at an older one.
+        self.header(response.header)
         return response
 
-    def _range_into(self, request: rpc_pb2.RangeRequest, response: rpc_pb2.RangeResponse) -> int:
+    def _range_into(self, request: rpc_pb2.RangeRequest, response: rpc_pb2.RangeResponse) -> None:
         at = self.mvcc.check_revision(request.revision)
         kvs = self.mvcc.range(KeyRange(request.key, request.range_end), at)
         response.count = len(kvs)
         if request.count_only:
-            return at
+            return
         if request.min_mod_revision:
             kvs = [kv for kv in kvs if kv.mod_revision >= request.min_mod_revision]
         if request.max_mod_revision:
@@ -292,7 +293,6 @@ class KVStore:
         add = response.kvs.add
         for kv in kvs:
             kv_to_pb(kv, add(), keys_only)
-        return at
 
     def put(self, request: rpc_pb2.PutRequest, tenant: str) -> tuple[rpc_pb2.PutResponse, int]:
         """Apply a Put; returns the response and the seq to wait for."""
@@ -330,7 +330,6 @@ class KVStore:
             write.abort()
             raise
         seq = self._finish(write, response.header)
-        self._set_headers(response, response.header.revision)
         return response, seq
 
     def compact(self, request: rpc_pb2.CompactionRequest) -> tuple[rpc_pb2.CompactionResponse, int]:
@@ -472,31 +471,21 @@ class KVStore:
         for op in request.success if succeeded else request.failure:
             kind = op.WhichOneof("request")
             out = response.responses.add()
+            # As etcd: an operation's header holds only the revision it saw or wrote (the
+            # transaction's new revision once it changed something); a nested
+            # transaction's header is empty.
             if kind == "request_range":
-                out.response_range.SetInParent()
                 self._range_into(op.request_range, out.response_range)
+                out.response_range.header.revision = write.read_revision
             elif kind == "request_put":
-                out.response_put.SetInParent()
                 self._put(op.request_put, write, out.response_put)
+                out.response_put.header.revision = write.revision
             elif kind == "request_delete_range":
-                out.response_delete_range.SetInParent()
                 self._delete(op.request_delete_range, write, out.response_delete_range)
+                out.response_delete_range.header.revision = write.read_revision
             elif kind == "request_txn":
-                out.response_txn.SetInParent()
+                out.response_txn.header.SetInParent()
                 self._txn(op.request_txn, path, write, out.response_txn)
-
-    def _set_headers(self, response: rpc_pb2.TxnResponse, revision: int) -> None:
-        for out in response.responses:
-            kind = out.WhichOneof("response")
-            if kind == "response_range":
-                self.header(out.response_range.header, revision)
-            elif kind == "response_put":
-                self.header(out.response_put.header, revision)
-            elif kind == "response_delete_range":
-                self.header(out.response_delete_range.header, revision)
-            elif kind == "response_txn":
-                self.header(out.response_txn.header, revision)
-                self._set_headers(out.response_txn, revision)
 
 
 def _compare_kv(compare: rpc_pb2.Compare, kv: KeyValue) -> bool:

@@ -317,10 +317,11 @@ class EtcdctlClusterTests(SynchronousTestCase):
         self.assertIn("hash", hashes[0]["HashKV"])
 
     def test_member_list(self) -> None:
-        """member list shows this node with its client URL."""
+        """member list shows this node, started, with its client URL as its peer URL too."""
         out = self.kv.etcdctl("member", "list")
-        self.assertIn(f"http://{self.kv.endpoint}", out)
-        self.assertIn("started", out)
+        url = f"http://{self.kv.endpoint}"
+        _, status, _, peer_urls, client_urls, *_ = (f.strip() for f in out.strip().split(","))
+        self.assertEqual((status, peer_urls, client_urls), ("started", url, url))
 
     def test_member_add_refused(self) -> None:
         """A standalone node refuses membership changes with a clear error."""

@@ -334,6 +334,19 @@ class LeaseBoundaryTests(ApiTestCase):
         error = self.fails(self.lease.lease_grant(pb.LeaseGrantRequest(TTL=601), Context()))
         self.assertEqual(error.message, "etcdserver: too large lease TTL")
 
+    def test_time_to_live_drops_the_fraction(self) -> None:
+        """As etcd 3.4: whole seconds left, rounded down (59 just after a grant of 60)."""
+        grant = self.call(self.lease.lease_grant(pb.LeaseGrantRequest(TTL=10), Context()))
+        seen = []
+        for elapsed in (0.25, 9.0, 1.0):
+            self.clock.now += elapsed
+            seen.append(
+                self.call(
+                    self.lease.lease_time_to_live(pb.LeaseTimeToLiveRequest(ID=grant.ID), Context())
+                ).TTL
+            )
+        self.assertEqual(seen, [9, 0, -1])
+
     def test_keep_alive(self) -> None:
         """Keep-alives renew live leases and answer TTL 0 for unknown ones."""
         grant = self.call(self.lease.lease_grant(pb.LeaseGrantRequest(TTL=10), Context()))

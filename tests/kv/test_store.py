@@ -174,7 +174,8 @@ class KVTests(SynchronousTestCase):
         put(store, b"a", b"1")
         put(store, b"a", b"2")
         self.assertEqual(store.range(R(key=b"a", revision=2)).kvs[0].value, b"1")
-        self.assertEqual(store.range(R(key=b"a", revision=2)).header.revision, 2)
+        # the header carries the store's revision, as etcd's does
+        self.assertEqual(store.range(R(key=b"a", revision=2)).header.revision, 3)
         store.compact(pb.CompactionRequest(revision=3))
         self.assertRaises(KVError, store.range, R(key=b"a", revision=2))
         error = self.assertRaises(KVError, store.range, R(key=b"a", revision=9))
@@ -201,6 +202,34 @@ class TxnTests(SynchronousTestCase):
         self.assertEqual(response.header.revision, 3)
         self.assertEqual(store.range(R(key=b"c")).kvs[0].mod_revision, 3)
         self.assertEqual(response.responses[2].response_range.kvs[0].key, b"b")
+
+    def test_operation_headers(self) -> None:
+        """
+        As etcd: each operation's header holds only the revision it saw or wrote, the
+        transaction's new one once it changed something; a nested txn's header is empty.
+        """
+        store, _, _ = make()
+        put(store, b"a", b"1")
+        nothing = pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=b"none"))
+        read = pb.RequestOp(request_range=R(key=b"a"))
+        response = self.txn(
+            store,
+            success=[
+                read,
+                nothing,
+                op_put(b"b"),
+                read,
+                nothing,
+                pb.RequestOp(request_txn=pb.TxnRequest(success=[read])),
+            ],
+        )
+        headers = [getattr(r, r.WhichOneof("response")).header for r in response.responses]
+        self.assertEqual([h.revision for h in headers], [2, 2, 3, 3, 3, 0])
+        self.assertEqual([h.member_id for h in headers], [0] * 6)
+        self.assertTrue(response.responses[5].response_txn.HasField("header"))
+        nested = response.responses[5].response_txn.responses[0].response_range.header
+        self.assertEqual(nested.revision, 3)
+        self.assertEqual((response.header.revision, response.header.member_id > 0), (3, True))
 
     def test_failure_branch(self) -> None:
         """A failed compare runs the failure ops."""
