@@ -21,7 +21,6 @@ import pwd
 import re
 import shutil
 import site
-import socket
 import stat
 import subprocess
 import sys
@@ -30,7 +29,6 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from http.client import HTTPConnection
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from socketserver import UnixStreamServer
@@ -38,6 +36,7 @@ from socketserver import UnixStreamServer
 from twisted.trial import unittest
 
 from lattice.config import load_config
+from tests._unixhttp import UnixHTTPConnection
 from tests.integration._daemon import short_directory
 
 CHECKOUT = Path(__file__).resolve().parent.parent
@@ -660,17 +659,6 @@ class _EchoHandler(BaseHTTPRequestHandler):
         pass
 
 
-class _UnixHTTPConnection(HTTPConnection):
-    def __init__(self, path: str):
-        super().__init__("lattice.example.org", timeout=10)
-        self._path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self._path)
-
-
 class NginxTests(unittest.TestCase):
     """
     C{deploy/nginx/}: the site and its C{/discovery/} snippet.
@@ -741,7 +729,7 @@ class NginxTests(unittest.TestCase):
     def _request(
         self, socket_path: str, method: str, path: str, body: bytes | None = None
     ) -> tuple[int, str]:
-        connection = _UnixHTTPConnection(socket_path)
+        connection = UnixHTTPConnection(socket_path, host="lattice.example.org", timeout=10)
         try:
             connection.request(
                 method,

@@ -26,10 +26,12 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from lattice._web import limited_site
 from lattice.config import KvConfig
 from lattice.grpc import GrpcServerFactory, GrpcServerOptions
-from lattice.kv._api import EtcdApi, Limits, services
+from lattice.kv._api import ETCD_VERSION, EtcdApi, Limits, services
 from lattice.kv._auth import AuthStore
+from lattice.kv._gateway import Gateway
 from lattice.kv._metrics import KVMetrics
 from lattice.kv._proto import rpc_pb2
 from lattice.kv._quota import Quotas
@@ -95,13 +97,38 @@ class _AdminStatus(Resource):
         return json.dumps(self._service.status(), sort_keys=True).encode() + b"\n"
 
 
-def health_site(readiness: Readiness, reactor: Any) -> Site:
-    """``/healthz`` (and etcd's ``/health``) and ``/readyz`` for the HTTP/1.1 fallback."""
+class _Version(Resource):
+    """etcd's ``/version`` (clients such as etcd3gw pick the gateway's prefix from it)."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"Content-Type", b"application/json")
+        body = {"etcdserver": ETCD_VERSION, "etcdcluster": ETCD_VERSION}
+        return json.dumps(body).encode()
+
+
+def http_site(
+    readiness: Readiness,
+    reactor: Any,
+    implementations: dict[str, object] | None = None,
+    max_body: int = 4 * 1024 * 1024,
+) -> Site:
+    """
+    The KV port's HTTP/1.1 side: ``/healthz`` (and etcd's ``/health``), ``/readyz``,
+    ``/version`` and, given the service ``implementations``, etcd's JSON gateway under
+    ``/v3/`` and ``/v3beta/`` (bodies up to ``max_body`` bytes).
+    """
     root = Resource()
     root.putChild(b"healthz", _Health(readiness, ready_only=False))
     root.putChild(b"health", _Health(readiness, ready_only=False))
     root.putChild(b"readyz", _Health(readiness, ready_only=True))
-    return Site(root, reactor=reactor)
+    root.putChild(b"version", _Version())
+    if implementations is not None:
+        gateway = Gateway(implementations)
+        root.putChild(b"v3", gateway)
+        root.putChild(b"v3beta", gateway)
+    return limited_site(root, max_body, reactor)
 
 
 class _NoDelayProtocol(ProtocolWrapper):
@@ -395,7 +422,13 @@ class KVService(Service):
                 # watch and keep-alive stream over one connection.
                 max_concurrent_streams=MAX_STREAMS,
             ),
-            http_fallback=health_site(self._readiness, self._reactor),
+            # JSON carries bytes in base64 (4/3 of their size) and some syntax around them.
+            http_fallback=http_site(
+                self._readiness,
+                self._reactor,
+                implementations,
+                2 * self.config.max_request_bytes + 64 * 1024,
+            ),
         )
         for name, implementation in implementations.items():
             self.factory.add_service(rpc_pb2.DESCRIPTOR.services_by_name[name], implementation)

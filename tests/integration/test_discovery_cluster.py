@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,21 +30,10 @@ from lattice.config import section_classes
 from lattice.discovery._auth import sign_request
 from lattice.discovery._canonical import b64decode, signature_of, signing_bytes
 from lattice.identity import NodeIdentity, PublicIdentity, load_identity
+from tests._unixhttp import UnixHTTPConnection
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SECRET = "webhook-shared-secret"
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float = 30.0):
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
 
 
 def request(
@@ -188,7 +176,7 @@ class Daemon:
             )
 
     def admin(self, method: str, path: str, body: object = None) -> tuple[int, Any]:
-        return request(_UnixConnection(str(self.state / "admin.sock")), method, path, body)
+        return request(UnixHTTPConnection(str(self.state / "admin.sock")), method, path, body)
 
     def wait_ready(self, deadline: float = 30.0) -> dict[str, Any]:
         end = time.monotonic() + deadline

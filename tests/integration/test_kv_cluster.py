@@ -5,6 +5,7 @@ Two Lattice nodes (``[kv] backend = etcd``) in front of a real three-member etcd
 
 from __future__ import annotations
 
+import json
 import queue
 import shutil
 import tempfile
@@ -124,6 +125,18 @@ def next_with_events(responses: queue.SimpleQueue[Any], timeout: float = 10.0) -
             return response
 
 
+def gateway(port: int, route: str, body: Any) -> tuple[int, Any]:
+    """``POST /v3/<route>`` to etcd's JSON gateway on a node's KV port."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v3/{route}", data=json.dumps(body).encode(), method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
 def readyz(port: int) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
@@ -196,6 +209,13 @@ class KVClusterTests(SynchronousTestCase):
         self.addCleanup(direct.close)
         self.assertEqual(direct.get(b"default\0shared/x"), b"1")
         self.assertIsNone(direct.get(b"shared/x"))
+        # etcd's JSON gateway works in front of the cluster too: written through A's,
+        # read through B's, in the same keyspace.
+        status, _ = gateway(self.nodes[0].port, "kv/put", {"key": "c2hhcmVkL3k=", "value": "Mg=="})
+        self.assertEqual(status, 200)
+        status, answer = gateway(self.nodes[1].port, "kv/range", {"key": "c2hhcmVkL3k="})
+        self.assertEqual((status, answer["kvs"][0]["value"]), (200, "Mg=="))
+        self.assertEqual(direct.get(b"default\0shared/y"), b"2")
 
     def test_watch_fragment(self) -> None:
         """
