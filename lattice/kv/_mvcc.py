@@ -257,7 +257,9 @@ class MVCC:
         Drop history before ``revision``: keep, for each key, its latest version at or below
         ``revision`` unless that is a deletion.  Returns the (main, sub) positions removed.
         """
-        if revision <= self.compact_revision:
+        # etcd starts as if compacted at -1: compacting at 0 is accepted (and removes
+        # nothing) until something has been compacted.
+        if revision <= self.compact_revision and not revision == 0 == self.compact_revision:
             raise compacted()
         if revision > self.revision:
             raise future_revision()

@@ -138,6 +138,15 @@ class MVCCTests(SynchronousTestCase):
         error = self.assertRaises(KVError, store.range, KeyRange(b"k"), 2)
         self.assertEqual(error.message, "etcdserver: mvcc: required revision has been compacted")
         self.assertRaises(KVError, store.compact, 3)
+        self.assertRaises(KVError, store.compact, 0)
+
+    def test_compaction_at_zero(self) -> None:
+        """As etcd: compacting at 0 before any compaction is accepted and removes nothing."""
+        store = MVCC()
+        put(store, b"k", b"1")
+        self.assertEqual(store.compact(0), [])
+        self.assertEqual(store.compact_revision, 0)
+        self.assertRaises(KVError, store.compact, -1)
 
     def test_compaction_drops_deleted_keys(self) -> None:
         """A key deleted at or before the compaction revision leaves no history."""
@@ -220,7 +229,9 @@ class MVCCModelTests(SynchronousTestCase):
         for step in steps:
             if step[0] == "compact":
                 target = step[1]
-                if target <= compact or target > store.revision:
+                # etcd's rule: refused at or below the last compaction (as if compacted at
+                # -1 at first: 0 is accepted until something has been compacted)
+                if (target <= compact and not target == 0 == compact) or target > store.revision:
                     self.assertRaises(KVError, store.compact, target)
                     continue
                 store.compact(target)
