@@ -20,7 +20,6 @@ from lattice.grpc import GrpcError, Metadata, StatusCode
 from lattice.kv._auth import AuthStore, Permission
 from lattice.kv._errors import (
     KVError,
-    compacted,
     empty_key,
     lease_ttl_too_large,
     member_not_found,
@@ -45,6 +44,7 @@ _log = Logger()
 M = TypeVar("M", bound=Message)
 
 ETCD_VERSION = "3.4.0"
+DUPLICATE_WATCH_ID = "mvcc: duplicate watch ID provided on the WatchStream"
 SNAPSHOT_CHUNK = 32 * 1024
 MERGE_EVENTS = 1000  # most events merged into one queued watch response
 # Queued watch responses grow by merging only up to the request size limit, so a slow
@@ -617,15 +617,20 @@ class _WatchStream(WatchResponseQueue):
             watch_id += 1
         response = rpc_pb2.WatchResponse(watch_id=watch_id, created=True)
         api.header(response.header, api.store.hub.published)
+        # Refusals as etcd words them (an empty key is not one: etcd watches it, and it
+        # never changes).
         try:
-            if not request.key:
-                raise empty_key()
-            if watch_id in self.watchers:
-                raise KVError("FAILED_PRECONDITION", "etcdserver: duplicate watch ID")
             api.auth.check(caller.user, KeyRange(request.key, request.range_end), write=False)
         except KVError as e:
+            response.watch_id = request.watch_id
             response.canceled = True
             response.cancel_reason = e.message
+            self.push(response)
+            return
+        if watch_id in self.watchers:
+            response.watch_id = -1
+            response.canceled = True
+            response.cancel_reason = DUPLICATE_WATCH_ID
             self.push(response)
             return
         self.next_id = max(self.next_id, watch_id + 1)
@@ -633,15 +638,14 @@ class _WatchStream(WatchResponseQueue):
         compact_revision = api.store.mvcc.compact_revision
         if 0 < request.start_revision < compact_revision:
             self.push(response)
-            self.push(
-                rpc_pb2.WatchResponse(
-                    header=response.header,
-                    watch_id=watch_id,
-                    canceled=True,
-                    compact_revision=compact_revision,
-                    cancel_reason=compacted().message,
-                )
+            # etcd's answer: no revision in the header, no reason (clients read
+            # compact_revision).
+            cancelled = rpc_pb2.WatchResponse(
+                watch_id=watch_id, canceled=True, compact_revision=compact_revision
             )
+            cancelled.header.CopyFrom(response.header)
+            cancelled.header.ClearField("revision")
+            self.push(cancelled)
             return
         self.push(response)
         self.prev_kv[watch_id] = request.prev_kv

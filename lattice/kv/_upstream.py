@@ -37,6 +37,7 @@ from lattice.grpc import (
     method_path,
 )
 from lattice.kv._api import (
+    DUPLICATE_WATCH_ID,
     CallContext,
     Caller,
     EtcdApi,
@@ -797,11 +798,10 @@ class _UpstreamWatchStream(WatchResponseQueue):
         watch_id = request.watch_id or self.next_id
         while not request.watch_id and watch_id in self.watches:
             watch_id += 1
-        if not request.key or watch_id in self.watches:
-            reason = empty_key().message if not request.key else "etcdserver: duplicate watch ID"
+        if watch_id in self.watches:
             self.push(
                 rpc_pb2.WatchResponse(
-                    watch_id=watch_id, created=True, canceled=True, cancel_reason=reason
+                    watch_id=-1, created=True, canceled=True, cancel_reason=DUPLICATE_WATCH_ID
                 )
             )
             return

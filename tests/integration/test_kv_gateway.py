@@ -54,8 +54,11 @@ class Stream:
     """A streaming call (``/v3/watch``...): its chunks, one JSON object per line."""
 
     def __init__(self, port: int, route: str, body: Any) -> None:
+        """``body``: one request, or a list of requests sent one after another."""
         self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        self.connection.request("POST", f"/v3/{route}", body=json.dumps(body).encode())
+        requests = body if isinstance(body, list) else [body]
+        data = b"".join(json.dumps(request).encode() + b"\n" for request in requests)
+        self.connection.request("POST", f"/v3/{route}", body=data)
         self.response = self.connection.getresponse()
 
     def next(self) -> Any:
@@ -331,6 +334,58 @@ class GatewayAgainstEtcdTests(SynchronousTestCase):
             run(self.etcd_port, EDGE_STEPS), run(self.kv.port, EDGE_STEPS), strict=True
         ):
             self.assertEqual(got, expected)
+
+    def test_watch_requests(self) -> None:
+        """
+        Watch creation corners answered alike (the requests of one stream are the JSON
+        objects of its body): a compacted or future start revision, history, several
+        watches and cancels, a duplicate watch ID, a progress request, an empty key and
+        filters; each case reads the number of messages etcd sends.
+        """
+        cases: list[tuple[list[Any], int, bool]] = [
+            ([{"create_request": {"key": b64("w"), "start_revision": "2"}}], 2, False),
+            (
+                [{"create_request": {"key": b64("w"), "start_revision": "5", "prev_kv": True}}],
+                2,
+                False,
+            ),
+            (
+                [
+                    {"create_request": {"key": b64("a")}},
+                    {"create_request": {"key": b64("b"), "watch_id": "7"}},
+                    {"cancel_request": {"watch_id": "7"}},
+                    {"cancel_request": {"watch_id": "99"}},
+                ],
+                3,
+                False,
+            ),
+            (
+                [
+                    {"create_request": {"key": b64("a"), "watch_id": "3"}},
+                    {"create_request": {"key": b64("b"), "watch_id": "3"}},
+                ],
+                2,
+                False,
+            ),
+            ([{"create_request": {"key": b64("a")}}, {"progress_request": {}}], 2, False),
+            ([{"create_request": {}}], 1, False),
+            ([{"create_request": {"key": b64("f"), "filters": ["NOPUT"]}}], 2, True),
+            ([{"create_request": {"key": b64("w"), "start_revision": "1000"}}], 1, False),
+        ]
+        for port in (self.etcd_port, self.kv.port):
+            for i in range(6):
+                post(port, "kv/put", {"key": b64("w"), "value": b64(str(i))})
+            post(port, "kv/compaction", {"revision": "4"})
+        for requests, count, write in cases:
+            seen = []
+            for port in (self.etcd_port, self.kv.port):
+                watch = Stream(port, "watch", requests)
+                if write:
+                    post(port, "kv/put", {"key": b64("f"), "value": b64("1")})
+                    post(port, "kv/deleterange", {"key": b64("f")})
+                seen.append([normalized(watch.next()) for _ in range(count)])
+                watch.close()
+            self.assertEqual(seen[1], seen[0], requests)
 
     def test_malformed_requests(self) -> None:
         """
