@@ -1070,12 +1070,22 @@ class AuthService:
         return await api.unary(method, request, context, handle)
 
     async def _read(
-        self, method: str, request: Message, context: CallContext, build: Callable[[], M]
+        self,
+        method: str,
+        request: Message,
+        context: CallContext,
+        build: Callable[[], M],
+        own: Callable[[str], bool] = lambda user: False,
     ) -> M:
+        """
+        An admin read; ``own(user)`` says whether a non-admin caller may read it anyway (as
+        etcd: a user reads its own entry and the roles it has).
+        """
         api = self._api
 
         async def handle(caller: Caller) -> M:
-            api.auth.check_admin(caller.user)
+            if caller.user is None or not own(caller.user):
+                api.auth.check_admin(caller.user)
             response = build()
             api.header(response.header)  # type: ignore[attr-defined]
             return response
@@ -1142,6 +1152,7 @@ class AuthService:
             request,
             context,
             lambda: rpc_pb2.AuthUserGetResponse(roles=auth.user_get(request.name)),
+            own=lambda user: user == request.name,
         )
 
     async def user_list(
@@ -1221,7 +1232,13 @@ class AuthService:
                 response.perm.add(permType=perm.type, key=perm.key, range_end=perm.range_end)
             return response
 
-        return await self._read("RoleGet", request, context, build)
+        def has_role(user: str) -> bool:
+            try:
+                return request.role in auth.user_get(user)
+            except KVError:
+                return False
+
+        return await self._read("RoleGet", request, context, build, own=has_role)
 
     async def role_list(
         self, request: rpc_pb2.AuthRoleListRequest, context: CallContext

@@ -172,9 +172,10 @@ class AuthStore:
         self._changed()
 
     def user_change_password(self, name: str, password: str) -> None:
-        """Set a user's password."""
+        """Set a user's password; the user's tokens stop working (as etcd's)."""
         user = self._user(name)
         user.password = _hash(password, secrets.token_bytes(16))
+        self._tokens = {t: v for t, v in self._tokens.items() if v[0] != name}
         self._changed()
 
     def user_grant_role(self, name: str, role: str) -> None:
@@ -226,9 +227,9 @@ class AuthStore:
 
     def role_delete(self, name: str) -> None:
         """Delete a role and take it from every user."""
-        self._role(name)
         if self.enabled and name == ROOT:
             raise invalid_auth_management()
+        self._role(name)
         del self._roles[name]
         for user in self._users.values():
             if name in user.roles:

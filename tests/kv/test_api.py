@@ -418,6 +418,34 @@ class AuthBoundaryTests(ApiTestCase):
         )
         return response.token
 
+    def test_own_entries_and_password_change(self) -> None:
+        """
+        As etcd: a user reads its own entry and the roles it has, nothing else; changing
+        its password ends its tokens; the root role cannot be deleted while auth is on.
+        """
+        self.enable()
+        carol = Context(token=self.token("carol", "cpw"))
+        own = self.call(self.auth.user_get(pb.AuthUserGetRequest(name="carol"), carol))
+        self.assertEqual(list(own.roles), ["app"])
+        role = self.call(self.auth.role_get(pb.AuthRoleGetRequest(role="app"), carol))
+        self.assertEqual([p.key for p in role.perm], [b"app/"])
+        for call in (
+            self.auth.user_get(pb.AuthUserGetRequest(name="root"), carol),
+            self.auth.role_get(pb.AuthRoleGetRequest(role="root"), carol),
+        ):
+            self.assertEqual(self.fails(call).code, StatusCode.PERMISSION_DENIED)
+        root = Context(token=self.token("root", "pw"))
+        error = self.fails(self.auth.role_delete(pb.AuthRoleDeleteRequest(role="root"), root))
+        self.assertEqual(error.message, "etcdserver: invalid auth management")
+        self.admin(
+            "user_change_password",
+            pb.AuthUserChangePasswordRequest(name="carol", password="new"),
+            root,
+        )
+        error = self.fails(self.kv.range(pb.RangeRequest(key=b"app/1"), carol))
+        self.assertEqual(error.message, "etcdserver: invalid auth token")
+        self.keys(Context(token=self.token("carol", "new")), b"app/", b"app0")
+
     def test_enable_needs_root(self) -> None:
         """Enabling without root, or without the root role, gives etcd's errors."""
         error = self.fails(self.auth.auth_enable(pb.AuthEnableRequest(), Context()))
