@@ -4,9 +4,14 @@ etcdctl over TLS with client certificates: the certificate's common name selects
 
 from __future__ import annotations
 
+import base64
+import http.client
+import json
 import shutil
+import ssl
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -55,6 +60,32 @@ class TlsTenantTests(SynchronousTestCase):
         self.assertEqual(
             self.ctl("alpha", "get", "shared/", "--prefix", "--keys-only"), "shared/k\n\n"
         )
+
+    def gateway(self, client: str, route: str, body: dict[str, str]) -> dict[str, Any]:
+        """``POST /v3/<route>`` to etcd's JSON gateway, over TLS with ``client``'s cert."""
+        context = ssl.create_default_context(cafile=self.ca)
+        context.load_cert_chain(*self.clients[client])
+        connection = http.client.HTTPSConnection(
+            "127.0.0.1", self.kv.port, context=context, timeout=10
+        )
+        try:
+            connection.request("POST", f"/v3/{route}", body=json.dumps(body))
+            response = connection.getresponse()
+            answer: dict[str, Any] = json.loads(response.read())
+            self.assertEqual(response.status, 200, answer)
+            return answer
+        finally:
+            connection.close()
+
+    def test_gateway_tenants_by_certificate(self) -> None:
+        """The JSON gateway over TLS puts each certificate's CN in its own keyspace too."""
+        key = base64.b64encode(b"gw/k").decode()
+        for client in ("alpha", "beta"):
+            value = base64.b64encode(client.encode()).decode()
+            self.gateway(client, "kv/put", {"key": key, "value": value})
+        answer = self.gateway("alpha", "kv/range", {"key": key})
+        self.assertEqual(base64.b64decode(answer["kvs"][0]["value"]), b"alpha")
+        self.assertEqual(self.ctl("beta", "get", "gw/k", "--print-value-only"), "beta\n")
 
     def test_client_certificate_required(self) -> None:
         """Without a client certificate the TLS handshake is refused."""
