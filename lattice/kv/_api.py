@@ -47,6 +47,9 @@ ETCD_VERSION = "3.4.0"
 DUPLICATE_WATCH_ID = "mvcc: duplicate watch ID provided on the WatchStream"
 SNAPSHOT_CHUNK = 32 * 1024
 MERGE_EVENTS = 1000  # most events merged into one queued watch response
+# Event bytes one Watch stream may hold for a client that does not read; past it, its
+# watchers stop queueing and catch up from history once the queue is half drained.
+SLOW_WATCH_BYTES = 32 * 1024 * 1024
 # Queued watch responses grow by merging only up to the request size limit, so a slow
 # reader's responses stay far below the gRPC send limit.
 
@@ -479,18 +482,20 @@ class WatchResponseQueue:
             wake, self.wake = self.wake, None
             wake.callback(None)
 
-    def push_fragments(
-        self, response: rpc_pb2.WatchResponse, limit: int
-    ) -> tuple[rpc_pb2.WatchResponse, int]:
+    @staticmethod
+    def fragments(
+        response: rpc_pb2.WatchResponse, limit: int
+    ) -> list[tuple[rpc_pb2.WatchResponse, int]]:
         """
         As etcd does for a watch created with ``fragment``: ``response``'s events in
         responses of at most ``limit`` bytes (or one event each, if an event alone is
         larger), every one but the last marked ``fragment``; the client joins them.
-        Returns the last response and an upper bound of its size.
+        Each comes with an upper bound of its size.
         """
         base = rpc_pb2.WatchResponse(watch_id=response.watch_id)
         base.header.CopyFrom(response.header)
         empty = base.ByteSize()
+        parts: list[tuple[rpc_pb2.WatchResponse, int]] = []
         part = rpc_pb2.WatchResponse()
         part.CopyFrom(base)
         size = empty
@@ -499,14 +504,17 @@ class WatchResponseQueue:
             cost = event.ByteSize() + 6
             if part.events and size + cost > limit:
                 part.fragment = True
-                self.push(part)
+                parts.append((part, size))
                 part = rpc_pb2.WatchResponse()
                 part.CopyFrom(base)
                 size = empty
             part.events.append(event)
             size += cost
-        self.push(part)
-        return part, size
+        parts.append((part, size))
+        return parts
+
+    def sent(self, response: rpc_pb2.WatchResponse) -> None:
+        """``response`` went to the client (the embedded stream resumes slow watchers)."""
 
     async def create(self, request: rpc_pb2.WatchCreateRequest) -> None:
         """Start one watch (or answer why not)."""
@@ -554,6 +562,7 @@ class WatchResponseQueue:
                 if self.done and not self.outgoing and response.ByteSize() == 0:
                     return
                 await self.context.send(response)
+                self.sent(response)
             if self.done:
                 return
             self.wake = Deferred()
@@ -577,10 +586,23 @@ class _WatchStream(WatchResponseQueue):
         self._tail_bytes = 0
         self.quiet: set[int] = set()
         self.next_id = 0
+        # Event bytes queued and not sent yet (by queued response), and the watchers that
+        # stopped queueing because of it: watch ID -> the first revision not queued.
+        self.queued_bytes = 0
+        self._sizes: dict[int, int] = {}
+        self.suspended: dict[int, int] = {}
 
     def events(self, watcher: Watcher, events: list[Event]) -> None:
         watch_id = watcher.tag
         assert isinstance(watch_id, int)
+        if watch_id in self.suspended:
+            return
+        if self.queued_bytes >= SLOW_WATCH_BYTES:
+            # A client that does not read: stop queueing (as etcd's unsynced watchers),
+            # catch up from history later (sent()).
+            self.api.store.hub.cancel(watcher)
+            self.suspended[watch_id] = events[0].kv.mod_revision
+            return
         self.quiet.discard(watch_id)
         with_prev = self.prev_kv.get(watch_id, False)
         # Many watchers usually receive the same events: encode them once per revision.
@@ -600,14 +622,61 @@ class _WatchStream(WatchResponseQueue):
             ):
                 tail.MergeFromString(encoded)
                 self._tail_bytes += len(encoded)
+                self._count(tail, len(encoded))
                 return
         response = rpc_pb2.WatchResponse.FromString(encoded)
         response.watch_id = watch_id
-        if watch_id in self.fragment and len(encoded) > limit and len(response.events) > 1:
-            self._tail, self._tail_bytes = self.push_fragments(response, limit)
-            return
-        self.push(response)
-        self._tail, self._tail_bytes = response, response.ByteSize()
+        parts = (
+            self.fragments(response, limit)
+            if watch_id in self.fragment and len(encoded) > limit and len(response.events) > 1
+            else [(response, len(encoded) + 12)]
+        )
+        for part, size in parts:
+            # counted before it is pushed: a waiting sender may send it at once
+            self._count(part, size)
+            self._tail, self._tail_bytes = part, size
+            self.push(part)
+
+    def _count(self, response: rpc_pb2.WatchResponse, size: int) -> None:
+        self.queued_bytes += size
+        self._sizes[id(response)] = self._sizes.get(id(response), 0) + size
+
+    def sent(self, response: rpc_pb2.WatchResponse) -> None:
+        self.queued_bytes -= self._sizes.pop(id(response), 0)
+        if self.suspended and self.queued_bytes <= SLOW_WATCH_BYTES // 2:
+            self._resume()
+
+    def _resume(self) -> None:
+        """Catch the suspended watchers up from history, then live, as from a start revision."""
+        suspended, self.suspended = self.suspended, {}
+        hub = self.api.store.hub
+        for watch_id, revision in sorted(suspended.items()):
+            old = self.watchers.get(watch_id)
+            if old is None:
+                continue
+            try:
+                watcher = hub.watch(
+                    old.key_range,
+                    revision,
+                    self.events,
+                    no_put=old.no_put,
+                    no_delete=old.no_delete,
+                    tag=watch_id,
+                )
+            except WatchCompacted as e:
+                # compacted meanwhile: cancelled as etcd cancels such a watcher
+                del self.watchers[watch_id]
+                cancelled = rpc_pb2.WatchResponse(
+                    watch_id=watch_id, canceled=True, compact_revision=e.compact_revision
+                )
+                self.api.header(cancelled.header)
+                cancelled.header.ClearField("revision")
+                self.push(cancelled)
+                continue
+            self.watchers[watch_id] = watcher
+            if watch_id in self.suspended:
+                # the history alone filled the queue again: wait for the next drain
+                hub.cancel(watcher)
 
     async def create(self, request: rpc_pb2.WatchCreateRequest) -> None:
         api = self.api
@@ -670,11 +739,15 @@ class _WatchStream(WatchResponseQueue):
             )
             return
         self.watchers[watch_id] = watcher
+        if watch_id in self.suspended:
+            # its history filled the queue: the rest comes once the client has read
+            api.store.hub.cancel(watcher)
 
     async def cancel(self, watch_id: int) -> None:
         watcher = self.watchers.pop(watch_id, None)
         self.progress_notify.discard(watch_id)
         self.fragment.discard(watch_id)
+        self.suspended.pop(watch_id, None)
         if watcher is None:
             return
         self.api.store.hub.cancel(watcher)
@@ -684,13 +757,17 @@ class _WatchStream(WatchResponseQueue):
 
     def progress_tick(self) -> None:
         for watch_id in sorted(self.progress_notify & self.quiet):
-            if watch_id in self.watchers:
+            # not for a watcher behind the published revision (suspended), as etcd
+            if watch_id in self.watchers and watch_id not in self.suspended:
                 response = rpc_pb2.WatchResponse(watch_id=watch_id)
                 self.api.header(response.header, self.api.store.hub.published)
                 self.push(response)
         self.quiet = set(self.progress_notify)
 
     def progress(self) -> None:
+        if self.suspended:
+            # etcd answers a progress request only when every watcher is up to date
+            return
         response = rpc_pb2.WatchResponse(watch_id=-1)
         self.api.header(response.header, self.api.store.hub.published)
         self.push(response)

@@ -36,10 +36,12 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
+from zope.interface import implementer
 
 from lattice.grpc import GrpcError, Metadata, StatusCode
 from lattice.grpc._service import MethodInfo, methods_for
@@ -157,7 +159,7 @@ def parse_body(body: bytes, request_type: type[Message]) -> list[Message]:
         if not isinstance(value, dict):
             raise ValueError(f"a request must be a JSON object, not {type(value).__name__}")
         message = request_type()
-        _check_bytes(value, message.DESCRIPTOR)
+        _check_values(value, message.DESCRIPTOR)
         try:
             json_format.ParseDict(value, message, ignore_unknown_fields=True)
         except json_format.ParseError as e:
@@ -169,10 +171,11 @@ def parse_body(body: bytes, request_type: type[Message]) -> list[Message]:
 _BASE64 = re.compile(r"[A-Za-z0-9+/_-]*={0,2}\Z")
 
 
-def _check_bytes(value: dict[str, Any], descriptor: Any) -> None:
+def _check_values(value: dict[str, Any], descriptor: Any) -> None:
     """
-    Refuse bytes fields that are not base64 (protobuf's parser drops the characters it
-    does not know; etcd's refuses them), in ``value`` and the messages it holds.
+    Refuse what protobuf's parser lets through when it ignores unknown fields but etcd's
+    refuses: bytes that are not base64 (the parser drops the characters it does not
+    know) and enum names that do not exist, in ``value`` and the messages it holds.
     """
     for name, item in value.items():
         field = descriptor.fields_by_name.get(name) or descriptor.fields_by_camelcase_name.get(name)
@@ -183,8 +186,13 @@ def _check_bytes(value: dict[str, Any], descriptor: Any) -> None:
             if field.type == FieldDescriptor.TYPE_BYTES:
                 if not isinstance(one, str) or not _BASE64.match(one) or len(one) % 4 == 1:
                     raise ValueError(f"{name} is not base64: {str(one)[:40]!r}")
+            elif field.type == FieldDescriptor.TYPE_ENUM and isinstance(one, str):
+                if one not in field.enum_type.values_by_name:
+                    raise ValueError(
+                        f"unknown value {one[:40]!r} for enum {field.enum_type.full_name}"
+                    )
             elif field.type == FieldDescriptor.TYPE_MESSAGE and isinstance(one, dict):
-                _check_bytes(one, field.message_type)
+                _check_values(one, field.message_type)
 
 
 def _metadata(request: Request) -> Metadata:
@@ -209,25 +217,49 @@ def _status_of(error: BaseException) -> tuple[StatusCode, str]:
     return StatusCode.UNKNOWN, "lattice: internal error"
 
 
+@implementer(IPushProducer)
 class _Context:
-    """The call as the service implementations see it (``lattice.kv._api.CallContext``)."""
+    """
+    The call as the service implementations see it (``lattice.kv._api.CallContext``).
+
+    For a streamed answer it is also the response's producer: while the client does not
+    read, the transport pauses it and :meth:`send` waits (as HTTP/2 flow control makes
+    the gRPC side wait), so a slow reader holds up its own stream, not the node's memory.
+    """
 
     def __init__(self, request: Request) -> None:
         self._request = request
+        self._resumed: Deferred[None] | None = None
         self.wrote = False
         self.finished = False
         self.invocation_metadata = _metadata(request)
         self.peer_identity: PeerIdentity | None = peer_identity(request.channel.transport)
 
     async def send(self, message: Message) -> None:
+        while self._resumed is not None and not self.finished:
+            await self._resumed
         if self.finished:
             raise CancelledError()
         self.write_chunk(b'{"result":' + to_json(message) + b"}\n")
 
-    def write_chunk(self, data: bytes) -> None:
+    def pauseProducing(self) -> None:
+        if self._resumed is None:
+            self._resumed = Deferred()
+
+    def resumeProducing(self) -> None:
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None:
+            resumed.callback(None)
+
+    def stopProducing(self) -> None:
+        self.finished = True
+        self.resumeProducing()
+
+    def write_chunk(self, data: bytes, status: int = 200) -> None:
+        """Write one chunk; the first sets the response's ``status``."""
         if not self.wrote:
             self.wrote = True
-            self._request.setResponseCode(200)
+            self._request.setResponseCode(status)
             self._request.setHeader(b"content-type", _JSON)
         # One write is one HTTP chunk: clients (etcd3gw) read one message per chunk.
         self._request.write(data)
@@ -278,10 +310,12 @@ class Gateway(Resource):
         except ValueError as e:
             return self._error(request, StatusCode.INVALID_ARGUMENT, str(e))
         context = _Context(request)
+        if info.server_streaming:
+            request.registerProducer(context, True)
         call = Deferred.fromCoroutine(self._call(info, messages, context, request))
 
         def gone(reason: Failure) -> None:
-            context.finished = True
+            context.stopProducing()
             call.cancel()
 
         request.notifyFinish().addErrback(gone)
@@ -307,14 +341,12 @@ class Gateway(Resource):
             if context.finished:
                 return
             if info.server_streaming:
-                if not context.wrote:
-                    request.setResponseCode(_HTTP_STATUS.get(code, 500))
-                context.write_chunk(_stream_error(code, message))
+                context.write_chunk(_stream_error(code, message), _HTTP_STATUS.get(code, 500))
             else:
                 request.setResponseCode(_HTTP_STATUS.get(code, 500))
                 request.setHeader(b"content-type", _JSON)
                 request.write(_error_body(code, message))
-            request.finish()
+            _finish(request, info)
             return
         if context.finished:
             return
@@ -324,12 +356,18 @@ class Gateway(Resource):
         elif not context.wrote:
             # a stream that ended without a message: an empty, successful answer
             request.setHeader(b"content-type", _JSON)
-        request.finish()
+        _finish(request, info)
 
     def _error(self, request: Request, code: StatusCode, message: str) -> bytes:
         request.setResponseCode(_HTTP_STATUS.get(code, 500))
         request.setHeader(b"content-type", _JSON)
         return _error_body(code, message)
+
+
+def _finish(request: Request, info: MethodInfo) -> None:
+    if info.server_streaming:
+        request.unregisterProducer()
+    request.finish()
 
 
 def _error_body(code: StatusCode, message: str) -> bytes:

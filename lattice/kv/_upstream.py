@@ -789,7 +789,8 @@ class _UpstreamWatchStream(WatchResponseQueue):
             self._forget(watch_id)
         limit = self.api.limits.max_request_bytes
         if watch_id in self.fragment and len(response.events) > 1 and response.ByteSize() > limit:
-            self.push_fragments(response, limit)
+            for part, _ in self.fragments(response, limit):
+                self.push(part)
             return
         self.push(response)
 

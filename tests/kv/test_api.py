@@ -10,7 +10,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from lattice.grpc import GrpcError, Metadata, StatusCode
-from lattice.kv import KVStore
+from lattice.kv import KVStore, _api
 from lattice.kv._api import (
     AuthService,
     ClusterService,
@@ -544,6 +544,62 @@ class SlowContext(Context):
 
 class SlowWatcherTests(ApiTestCase):
     """A watcher that reads slowly gets its queued events merged, in order."""
+
+    def stalled_watch(self, **create: Any) -> tuple[SlowContext, Deferred[None], Any]:
+        """
+        A watch on C{k} whose client takes nothing until the test opens its gate, with a
+        queue bound of 5000 bytes, after 30 puts of 1000 bytes.
+        """
+        self.patch(_api, "SLOW_WATCH_BYTES", 5000)
+        context = SlowContext()
+        requests = Requests()
+        done = Deferred.fromCoroutine(self.watch.watch(requests, context))
+        requests.feed(pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"k", **create)))
+        for i in range(30):
+            self.put(b"k", b"%02d" % i + b"x" * 998)
+        (stream,) = self.api.watch_streams
+        return context, done, stream
+
+    def drain(self, context: SlowContext) -> None:
+        while context.gate:
+            context.gate.pop(0).callback(None)
+
+    def test_bounded_then_caught_up(self) -> None:
+        """
+        A client that does not read makes its watchers stop queueing past the bound (as
+        etcd's unsynced watchers) and no progress is reported meanwhile; once it reads,
+        every event arrives, in order, once.
+        """
+        context, done, stream = self.stalled_watch(progress_notify=True)
+        self.assertLessEqual(stream.queued_bytes, 5000 + 1100)
+        # watch 0 stopped queueing at the first revision that did not fit
+        ((watch_id, revision),) = stream.suspended.items()
+        self.assertEqual(watch_id, 0)
+        self.assertIn(revision, range(3, 31))
+        stream.progress()
+        self.api.progress_tick()
+        self.api.progress_tick()
+        self.drain(context)
+        values = [e.kv.value[:2] for r in context.sent for e in r.events]
+        self.assertEqual(values, [b"%02d" % i for i in range(30)])
+        self.assertEqual([r.watch_id for r in context.sent if not r.events and not r.created], [])
+        self.assertEqual((stream.suspended, stream.queued_bytes), ({}, 0))
+        self.put(b"k", b"live")
+        self.drain(context)
+        self.assertEqual(context.sent[-1].events[0].kv.value, b"live")
+        self.end_watch(done)
+
+    def test_compacted_while_behind(self) -> None:
+        """History compacted past a stalled watcher's position cancels it, as etcd."""
+        context, done, stream = self.stalled_watch()
+        self.call(self.kv.compact(pb.CompactionRequest(revision=20), Context()))
+        self.drain(context)
+        last = context.sent[-1]
+        self.assertEqual((last.canceled, last.compact_revision, last.watch_id), (True, 20, 0))
+        values = [e.kv.value[:2] for r in context.sent for e in r.events]
+        self.assertEqual(values, [b"%02d" % i for i in range(len(values))])
+        self.assertEqual(stream.watchers, {})
+        self.end_watch(done)
 
     def test_merged(self) -> None:
         """Events queued behind a pending send are merged into one response."""
