@@ -13,12 +13,12 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from lattice._unixhttp import UnixHTTPConnection
 from lattice.acme._cli import add_tls_commands
 from lattice.config import ConfigError, LatticeConfig, load_config
 from lattice.identity import (
@@ -188,18 +188,6 @@ def telemetry_request(config: LatticeConfig, path: str, timeout: float = 5.0) ->
         connection.close()
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
-
-
 def _connect(
     description: str, timeout: float, setting: str = "[telemetry] listen"
 ) -> http.client.HTTPConnection:
@@ -215,7 +203,7 @@ def _connect(
         return http.client.HTTPConnection(host, int(parts[0]), timeout=timeout)
     if kind == "unix":
         address = parts[0].removeprefix("address=")
-        return _UnixHTTPConnection(address, timeout)
+        return UnixHTTPConnection(address, timeout=timeout)
     raise CommandError(
         f"{setting} = {description}: cannot connect to a {kind!r} endpoint from the CLI"
     )

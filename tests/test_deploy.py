@@ -35,8 +35,8 @@ from socketserver import UnixStreamServer
 
 from twisted.trial import unittest
 
+from lattice._unixhttp import UnixHTTPConnection
 from lattice.config import load_config
-from tests._unixhttp import UnixHTTPConnection
 from tests.integration._daemon import short_directory
 
 CHECKOUT = Path(__file__).resolve().parent.parent

@@ -26,11 +26,11 @@ from urllib.parse import urlsplit
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from lattice._unixhttp import UnixHTTPConnection
 from lattice.config import section_classes
 from lattice.discovery._auth import sign_request
 from lattice.discovery._canonical import b64decode, signature_of, signing_bytes
 from lattice.identity import NodeIdentity, PublicIdentity, load_identity
-from tests._unixhttp import UnixHTTPConnection
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SECRET = "webhook-shared-secret"

@@ -23,8 +23,8 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from lattice._unixhttp import UnixHTTPConnection
 from lattice.kv._snapshot import check_hash
-from tests._unixhttp import UnixHTTPConnection
 
 from ._etcd_cluster import EtcdCluster
 from .test_kv_etcdctl import running_daemon

@@ -1,5 +1,6 @@
 """
-An C{http.client} connection over a unix socket, for the admin listeners in tests.
+An C{http.client} connection over a unix socket: the CLI's and the tests' way to the
+node's admin listeners.
 """
 
 from __future__ import annotations
