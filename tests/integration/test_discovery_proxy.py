@@ -16,13 +16,13 @@ from pathlib import Path
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from lattice._unixhttp import UnixHTTPConnection
 from lattice.discovery._auth import sign_request
 from lattice.discovery._records import make_peer_record
 from lattice.identity import NodeIdentity
 from tests.integration.test_discovery_cluster import (
     ClusterHarness,
     Daemon,
-    _UnixConnection,
     request,
 )
 
@@ -111,20 +111,20 @@ class ProxyTests(SynchronousTestCase):
         despite the path prefix, and no admin route is reachable.
         """
         socket_path = str(self.start_nginx())
-        status, body = request(_UnixConnection(socket_path), "GET", "/discovery/status")
+        status, body = request(UnixHTTPConnection(socket_path), "GET", "/discovery/status")
         self.assertEqual(status, 200)
         self.assertEqual(
             set(body), {"alive", "accepting_messages", "peer_count", "saturation", "version"}
         )
         for method, path in ADMIN_PATHS:
             status, _ = request(
-                _UnixConnection(socket_path),
+                UnixHTTPConnection(socket_path),
                 method,
                 "/discovery" + path,
                 {} if method == "POST" else None,
             )
             self.assertIn(status, (404, 405), path)
-        _, identity = request(_UnixConnection(socket_path), "GET", "/discovery/api/v1/identity")
+        _, identity = request(UnixHTTPConnection(socket_path), "GET", "/discovery/api/v1/identity")
         stranger = NodeIdentity.generate()
         record = make_peer_record(
             stranger,
@@ -146,7 +146,7 @@ class ProxyTests(SynchronousTestCase):
             int(time.time() * 1000),
             os.urandom(16),
         )
-        connection = _UnixConnection(socket_path)
+        connection = UnixHTTPConnection(socket_path)
         connection.request(
             "POST",
             "/discovery/api/v1/gossip/receive",
@@ -157,7 +157,7 @@ class ProxyTests(SynchronousTestCase):
         answer = json.loads(response.read())
         self.assertEqual((response.status, answer["type"]), (200, "digest_reply"))
         # the same request replayed is refused
-        connection = _UnixConnection(socket_path)
+        connection = UnixHTTPConnection(socket_path)
         connection.request(
             "POST",
             "/discovery/api/v1/gossip/receive",
