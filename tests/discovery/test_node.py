@@ -432,6 +432,23 @@ class RotatedServerTests(SynchronousTestCase):
         self.assertEqual(newcomer.table.current_key(bootstrap.server_uuid), current.public_key)
         self.assertTrue(cluster.converged())
 
+    def test_resolve_rotated_server(self) -> None:
+        """
+        A newcomer that has not learned s2 yet resolves it through its neighbors after s2
+        rotated: the answer's record is checked through its key history.
+        """
+        cluster = Cluster(3)
+        cluster.rounds(self, 2)
+        (current,) = self.rotate(cluster, 2)
+        cluster.rounds(self, 2)
+        newcomer = cluster.add("s3")
+        run(self, newcomer.bootstrap())
+        self.assertNotIn(cluster.nodes[2].server_uuid, newcomer.table.records)
+        route = run(self, newcomer.resolve("s2"))
+        self.assertEqual(
+            (route["found"], route["server_uuid"]), (True, cluster.nodes[2].server_uuid)
+        )
+
     def test_request_from_unknown_rotated_server(self) -> None:
         """
         A request from a rotated server that the receiver does not know yet is
