@@ -1,7 +1,8 @@
 """
 The Node.js ``etcd3`` client (npm, on ``@grpc/grpc-js``: another HTTP/2 and gRPC stack
 than grpcio's and Go's) against a Lattice daemon, with the same script run against a real
-etcd 3.4 as the reference.  The test command installs the package under ``.venv/node``.
+etcd 3.4 as the reference.  The test command installs the package under ``.venv/node``.  The same script also runs
+through a node with ``backend = etcd`` in front of that etcd.
 """
 
 from __future__ import annotations
@@ -52,7 +53,11 @@ class NodeEtcd3Tests(SynchronousTestCase):
         self.addCleanup(etcd.stop)
         etcd.start_all()
         kv = running_daemon(self)
+        # the same, through a node in front of that etcd (backend = etcd, its own tenant
+        # prefix there)
+        front = running_daemon(self, backend="etcd", etcd_endpoints=etcd.endpoints[0])
         reference = run_script(etcd.endpoints[0].removeprefix("http://"))
         ours = run_script(kv.endpoint)
         self.assertEqual(ours, reference)
         self.assertEqual(dict((r[0], r[1:]) for r in ours)["watch"][0][-1], ["delete", "w/1"])
+        self.assertEqual(run_script(front.endpoint), reference)
