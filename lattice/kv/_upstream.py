@@ -38,6 +38,7 @@ from lattice.grpc import (
 )
 from lattice.kv._api import (
     DUPLICATE_WATCH_ID,
+    SLOW_WATCH_BYTES,
     CallContext,
     Caller,
     EtcdApi,
@@ -781,18 +782,75 @@ class _UpstreamWatchStream(WatchResponseQueue):
         # responses are split here, for the clients that asked).
         self.fragment: set[int] = set()
         self.next_id = 0
+        # Each client watch's upstream key, for catching a slow one up; the event bytes
+        # queued and not sent (by response); the watches that stopped queueing (watch ID
+        # -> the first revision not queued), as the embedded stream does.
+        self.keys: dict[int, WatchKey] = {}
+        self.queued_bytes = 0
+        self._sizes: dict[int, int] = {}
+        self.suspended: dict[int, int] = {}
 
     def deliver(self, watch_id: int, response: rpc_pb2.WatchResponse) -> None:
-        if watch_id not in self.watches:
+        if watch_id not in self.watches or watch_id in self.suspended:
             return
         if response.canceled:
             self._forget(watch_id)
-        limit = self.api.limits.max_request_bytes
-        if watch_id in self.fragment and len(response.events) > 1 and response.ByteSize() > limit:
-            for part, _ in self.fragments(response, limit):
-                self.push(part)
+        elif response.events and self.queued_bytes >= SLOW_WATCH_BYTES:
+            # a client that does not read: leave the shared upstream watch, and catch up
+            # from this revision on an upstream watch of its own once it has read
+            self.suspended[watch_id] = response.events[0].kv.mod_revision
+            _spawn(self.api.mux.unsubscribe(self.watches[watch_id], self, watch_id))
             return
-        self.push(response)
+        limit = self.api.limits.max_request_bytes
+        size = response.ByteSize()
+        if watch_id in self.fragment and len(response.events) > 1 and size > limit:
+            parts = self.fragments(response, limit)
+        else:
+            parts = [(response, size)]
+        for part, part_size in parts:
+            if part.events:
+                # counted before it is pushed: a waiting sender may send it at once
+                self.queued_bytes += part_size
+                self._sizes[id(part)] = part_size
+            self.push(part)
+
+    def sent(self, response: rpc_pb2.WatchResponse) -> None:
+        self.queued_bytes -= self._sizes.pop(id(response), 0)
+        if self.suspended and self.queued_bytes <= SLOW_WATCH_BYTES // 2:
+            suspended, self.suspended = self.suspended, {}
+            _spawn(self._resume(suspended))
+
+    async def _resume(self, suspended: dict[int, int]) -> None:
+        """Re-subscribe caught-up watches from the first revision they did not get."""
+        for watch_id, revision in sorted(suspended.items()):
+            if watch_id not in self.watches or self.done:
+                continue
+            try:
+                shared, created = await self.api.mux.subscribe(
+                    self, watch_id, self.keys[watch_id], revision, len(self.caller.prefix)
+                )
+            except Exception as e:
+                self._forget(watch_id)
+                self.push(
+                    rpc_pb2.WatchResponse(
+                        watch_id=watch_id,
+                        canceled=True,
+                        cancel_reason=f"{LINEARIZABILITY_UNAVAILABLE}: {e}",
+                    )
+                )
+                continue
+            if watch_id not in self.watches or self.done:
+                await self.api.mux.unsubscribe(shared, self, watch_id)
+                continue
+            self.watches[watch_id] = shared
+            if created.canceled:
+                # e.g. the revision was compacted meanwhile: cancelled as etcd does
+                self._forget(watch_id)
+                response = rpc_pb2.WatchResponse()
+                response.CopyFrom(created)
+                response.watch_id = watch_id
+                response.created = False
+                self.push(response)
 
     async def create(self, request: rpc_pb2.WatchCreateRequest) -> None:
         caller = self.caller
@@ -815,6 +873,7 @@ class _UpstreamWatchStream(WatchResponseQueue):
             request.progress_notify,
         )
         self.watches[watch_id] = None
+        self.keys[watch_id] = key
         if request.fragment:
             self.fragment.add(watch_id)
         try:
@@ -846,6 +905,8 @@ class _UpstreamWatchStream(WatchResponseQueue):
     def _forget(self, watch_id: int) -> Any:
         """Drop one client watch's state; returns its shared upstream watch (or None)."""
         self.fragment.discard(watch_id)
+        self.keys.pop(watch_id, None)
+        self.suspended.pop(watch_id, None)
         return self.watches.pop(watch_id, None)
 
     async def cancel(self, watch_id: int) -> None:
@@ -858,6 +919,9 @@ class _UpstreamWatchStream(WatchResponseQueue):
         self.push(response)
 
     def progress(self) -> None:
+        if self.suspended:
+            # etcd answers a progress request only when every watcher is up to date
+            return
         response = rpc_pb2.WatchResponse(watch_id=-1)
         response.header.revision = self.api.mux.revision
         self.push(response)
@@ -869,6 +933,13 @@ class _UpstreamWatchStream(WatchResponseQueue):
             if shared is not None:
                 await self.api.mux.unsubscribe(shared, self, watch_id)
         self.push(rpc_pb2.WatchResponse())
+
+
+def _spawn(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run ``coroutine`` on its own; a failure is logged."""
+    Deferred.fromCoroutine(coroutine).addErrback(
+        lambda failure: _log.failure("Upstream watch change failed", failure)
+    )
 
 
 class UpstreamWatch:

@@ -12,6 +12,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from lattice.grpc import GrpcError, Metadata, StatusCode
+from lattice.kv import _upstream
 from lattice.kv._api import Limits
 from lattice.kv._metrics import KVMetrics
 from lattice.kv._proto import rpc_pb2 as pb
@@ -23,6 +24,7 @@ from lattice.kv._upstream import (
     UpstreamLease,
     UpstreamPool,
     WatchMux,
+    _UpstreamWatchStream,
     parse_endpoint,
 )
 from lattice.tls import PeerIdentity
@@ -335,3 +337,79 @@ class WatchMuxTests(UpstreamTestCase):
         self.run_coroutine(mux.unsubscribe(shared, second, 7))
         self.assertEqual(stream.sent[-1].cancel_request.watch_id, upstream_id)
         self.assertEqual(len(mux), 0)
+
+
+class SlowContext(Context):
+    """A client that takes each response only when the test fires its gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate: list[Deferred[None]] = []
+
+    async def send(self, message: Any) -> None:
+        self.sent.append(message)
+        waiting: Deferred[None] = Deferred()
+        self.gate.append(waiting)
+        await waiting
+
+
+class SlowUpstreamWatchTests(UpstreamTestCase):
+    """A client watch that does not read leaves the shared upstream watch, then catches up."""
+
+    def test_caught_up_from_its_revision(self) -> None:
+        """
+        Past the bound the client watch stops queueing and leaves the shared upstream
+        watch; once the client read, it re-subscribes from the first revision it missed,
+        so it gets every event once, in order.
+        """
+        self.patch(_upstream, "SLOW_WATCH_BYTES", 3000)
+        api = make_api(Cluster(a=None))
+        upstream = FakeWatchStream()
+        api.mux._call = upstream  # type: ignore[assignment]
+        api.mux._running = Deferred()  # the stream is "open"
+        context = SlowContext()
+        stream = _UpstreamWatchStream(api, api.caller(context), context)
+        sender = Deferred.fromCoroutine(stream.send_loop())
+        created = Deferred.fromCoroutine(
+            stream.create(pb.WatchCreateRequest(key=b"k", range_end=b"l"))
+        )
+        shared_id = upstream.sent[-1].create_request.watch_id
+        answer = pb.WatchResponse(watch_id=shared_id, created=True)
+        answer.header.revision = 1
+        api.mux._received(answer)
+        self.successResultOf(created)
+
+        def revision(watch_id: int, rev: int) -> pb.WatchResponse:
+            response = pb.WatchResponse(watch_id=watch_id)
+            response.header.revision = rev
+            kv = response.events.add().kv
+            kv.key, kv.value, kv.mod_revision = b"default\0k", b"%03d" % rev + b"x" * 997, rev
+            return response
+
+        for rev in range(2, 12):
+            api.mux._received(revision(shared_id, rev))
+        self.assertLessEqual(stream.queued_bytes, 3000 + 1100)
+        ((watch_id, missed),) = stream.suspended.items()
+        self.assertEqual(watch_id, 0)
+        # it left the shared upstream watch (its only subscriber: cancelled upstream)
+        self.assertEqual(upstream.sent[-1].cancel_request.watch_id, shared_id)
+        while context.gate:
+            context.gate.pop(0).callback(None)
+        again = upstream.sent[-1].create_request
+        self.assertEqual((again.start_revision, again.key), (missed, b"default\0k"))
+        answer = pb.WatchResponse(watch_id=again.watch_id, created=True)
+        answer.header.revision = 11
+        api.mux._received(answer)
+        for rev in range(missed, 14):
+            # a client that now reads as fast as events come
+            api.mux._received(revision(again.watch_id, rev))
+            while context.gate:
+                context.gate.pop(0).callback(None)
+        values = [e.kv.value[:3] for r in context.sent for e in r.events]
+        self.assertEqual(values, [b"%03d" % rev for rev in range(2, 14)])
+        self.assertEqual([bool(r.created) for r in context.sent].count(True), 1)
+        self.assertEqual((stream.suspended, stream.queued_bytes), ({}, 0))
+        self.run_coroutine(stream.close())
+        while context.gate:
+            context.gate.pop(0).callback(None)
+        self.successResultOf(sender)
