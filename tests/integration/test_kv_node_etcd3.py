@@ -1,8 +1,8 @@
 """
 The Node.js ``etcd3`` client (npm, on ``@grpc/grpc-js``: another HTTP/2 and gRPC stack
 than grpcio's and Go's) against a Lattice daemon, with the same script run against a real
-etcd 3.4 as the reference.  The test command installs the package under ``.venv/node``.  The same script also runs
-through a node with ``backend = etcd`` in front of that etcd.
+etcd 3.4 as the reference, and through a node with ``backend = etcd`` in front of that
+etcd.  The test command installs the package under ``.venv/node``.
 """
 
 from __future__ import annotations
