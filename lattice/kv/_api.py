@@ -158,18 +158,26 @@ class EtcdApi:
         except KVError as e:
             raise GrpcError(StatusCode[e.code], e.message) from None
 
-    def caller(self, context: CallContext) -> Caller:
-        """Identify the caller from its certificate and token."""
+    def caller(self, context: CallContext, anonymous: bool = False) -> Caller:
+        """
+        Identify the caller from its certificate and token.  ``anonymous``: a call that
+        etcd answers without checking the token (Status, MemberList) goes on without a
+        user when the token is missing or no longer valid.
+        """
         identity = context.peer_identity
         common_name = identity.common_name if identity is not None else None
         user: str | None = None
         if self.auth.enabled:
             token = context.invocation_metadata.get("token")
             if isinstance(token, str) and token:
-                user = self.auth.user_of(token)
+                try:
+                    user = self.auth.user_of(token)
+                except KVError:
+                    if not anonymous:
+                        raise
             elif common_name and common_name in self.auth.user_list():
                 user = common_name
-            else:
+            elif not anonymous:
                 raise user_empty()
         if common_name:
             tenant = common_name
@@ -208,6 +216,7 @@ class EtcdApi:
         handler: Callable[[Caller], Awaitable[M]],
         *,
         size_limited: bool = False,
+        anonymous: bool = False,
     ) -> M:
         """Run one unary call with metrics, limits and error mapping."""
         metrics = self.metrics
@@ -218,7 +227,7 @@ class EtcdApi:
             size = request.ByteSize()
             if size_limited and size > self.limits.max_request_bytes:
                 raise request_too_large()
-            caller = self.caller(context)
+            caller = self.caller(context, anonymous)
             self.quotas.charge(caller.tenant, size)
             return await handler(caller)
         except KVError as e:
@@ -908,7 +917,7 @@ class ClusterService:
             api.header(response.header)
             return response
 
-        return await api.unary("MemberList", request, context, handle)
+        return await api.unary("MemberList", request, context, handle, anonymous=True)
 
     async def member_add(
         self, request: rpc_pb2.MemberAddRequest, context: CallContext
@@ -990,7 +999,7 @@ class MaintenanceService:
             api.header(response.header)
             return response
 
-        return await api.unary("Status", request, context, handle)
+        return await api.unary("Status", request, context, handle, anonymous=True)
 
     async def alarm(
         self, request: rpc_pb2.AlarmRequest, context: CallContext

@@ -311,8 +311,7 @@ def _grant(name: str, kind: str, key: str, end: str = "") -> tuple[str, Any, Non
 
 
 # (route, body, user whose token goes along).  Left out: reads of keys another user wrote
-# (in Lattice every auth user is its own tenant) and Status with a revoked token (etcd does
-# not check tokens there).
+# (in Lattice every auth user is its own tenant) and Status (its figures differ).
 AUTH_STEPS: list[tuple[str, Any, str | None]] = [
     ("auth/enable", {}, None),
     ("auth/user/add", {"name": "root", "password": "rootpw"}, None),

@@ -446,6 +446,18 @@ class AuthBoundaryTests(ApiTestCase):
         self.assertEqual(error.message, "etcdserver: invalid auth token")
         self.keys(Context(token=self.token("carol", "new")), b"app/", b"app0")
 
+    def test_status_and_members_without_a_valid_token(self) -> None:
+        """As etcd: Status and MemberList answer without a token or with a stale one."""
+        self.enable()
+        maintenance, cluster = MaintenanceService(self.api), ClusterService(self.api)
+        for context in (Context(), Context(token="stale")):
+            status = self.call(maintenance.status(pb.StatusRequest(), context))
+            self.assertEqual(status.version, "3.4.0")
+            members = self.call(cluster.member_list(pb.MemberListRequest(), context))
+            self.assertEqual(len(members.members), 1)
+        error = self.fails(self.kv.range(pb.RangeRequest(key=b"a"), Context(token="stale")))
+        self.assertEqual(error.code, StatusCode.UNAUTHENTICATED)
+
     def test_enable_needs_root(self) -> None:
         """Enabling without root, or without the root role, gives etcd's errors."""
         error = self.fails(self.auth.auth_enable(pb.AuthEnableRequest(), Context()))
