@@ -156,14 +156,20 @@ def parse_body(body: bytes, request_type: type[Message]) -> list[Message]:
             value, position = decoder.raw_decode(text, position)
         except json.JSONDecodeError as e:
             raise ValueError(f"the request body is not JSON: {e}") from None
+        except RecursionError:
+            raise ValueError("the request body is nested too deeply") from None
         if not isinstance(value, dict):
             raise ValueError(f"a request must be a JSON object, not {type(value).__name__}")
         message = request_type()
-        _check_values(value, message.DESCRIPTOR)
         try:
+            _check_values(value, message.DESCRIPTOR)
             json_format.ParseDict(value, message, ignore_unknown_fields=True)
         except json_format.ParseError as e:
-            raise ValueError(str(e)) from None
+            # nested messages repeat their prefix: keep the message readable
+            text = str(e)
+            raise ValueError(text if len(text) <= 300 else text[:300] + "...") from None
+        except RecursionError:
+            raise ValueError("the request is nested too deeply") from None
         messages.append(message)
     return messages or [request_type()]
 

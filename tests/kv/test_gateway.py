@@ -114,6 +114,7 @@ class ParseBodyTests(SynchronousTestCase):
             (b'{"key": "a!!"}', "key is not base64"),
             (b'{"limit": "many"}', "limit"),
             (b'{"sort_order": "SIDEWAYS"}', "unknown value 'SIDEWAYS'"),
+            (b'{"a":' * 100_000 + b"1" + b"}" * 100_000, "nested too deeply"),
         ):
             error = self.assertRaises(ValueError, parse_body, body, pb.RangeRequest)
             self.assertIn(words, str(error), body)
