@@ -27,8 +27,10 @@ takes about 50 s of CPU and 230 MiB on this 2-core machine (it took 92 s and
 
 N = 10,000 is not in the default run: it is behind ``--large`` (or
 ``--sizes 10000``).  It makes 100 times the proofs of N = 1,000, at 50 to
-60 us of CPU each, so it needs about 1.5 to 2 hours of CPU and an estimated
-14 to 17 GiB; it prints a progress line per round.  ``--max-memory``
+60 us of CPU each; measured on this machine (2 cores, the run on one):
+converged in 7 rounds (bound 26.6), 1,432 messages per node per round
+(3.98 of them gossip), 6,383 s of CPU and a peak RSS of 9.8 GiB.  It prints
+a progress line per round.  ``--max-memory``
 (default 20 GiB) caps the address space, so a run that does not fit stops
 with a MemoryError instead of waking the OOM killer.
 
