@@ -825,25 +825,8 @@ class _UpstreamWatchStream(WatchResponseQueue):
         for watch_id, revision in sorted(suspended.items()):
             if watch_id not in self.watches or self.done:
                 continue
-            try:
-                shared, created = await self.api.mux.subscribe(
-                    self, watch_id, self.keys[watch_id], revision, len(self.caller.prefix)
-                )
-            except Exception as e:
-                self._forget(watch_id)
-                self.push(
-                    rpc_pb2.WatchResponse(
-                        watch_id=watch_id,
-                        canceled=True,
-                        cancel_reason=f"{LINEARIZABILITY_UNAVAILABLE}: {e}",
-                    )
-                )
-                continue
-            if watch_id not in self.watches or self.done:
-                await self.api.mux.unsubscribe(shared, self, watch_id)
-                continue
-            self.watches[watch_id] = shared
-            if created.canceled:
+            created = await self._subscribe(watch_id, revision, announce=False)
+            if created is not None and created.canceled:
                 # e.g. the revision was compacted meanwhile: cancelled as etcd does
                 self._forget(watch_id)
                 response = rpc_pb2.WatchResponse()
@@ -851,6 +834,35 @@ class _UpstreamWatchStream(WatchResponseQueue):
                 response.watch_id = watch_id
                 response.created = False
                 self.push(response)
+
+    async def _subscribe(
+        self, watch_id: int, start_revision: int, announce: bool
+    ) -> rpc_pb2.WatchResponse | None:
+        """
+        Attach client watch ``watch_id`` upstream from ``start_revision``; returns the
+        upstream's created answer, or ``None`` when the watch ended meanwhile or could not
+        be attached (the client is told why, its ``created`` flag set when ``announce``).
+        """
+        try:
+            shared, created = await self.api.mux.subscribe(
+                self, watch_id, self.keys[watch_id], start_revision, len(self.caller.prefix)
+            )
+        except Exception as e:
+            self._forget(watch_id)
+            self.push(
+                rpc_pb2.WatchResponse(
+                    watch_id=watch_id,
+                    created=announce,
+                    canceled=True,
+                    cancel_reason=f"{LINEARIZABILITY_UNAVAILABLE}: {e}",
+                )
+            )
+            return None
+        if watch_id not in self.watches or self.done:
+            await self.api.mux.unsubscribe(shared, self, watch_id)
+            return None
+        self.watches[watch_id] = shared
+        return created
 
     async def create(self, request: rpc_pb2.WatchCreateRequest) -> None:
         caller = self.caller
@@ -876,25 +888,9 @@ class _UpstreamWatchStream(WatchResponseQueue):
         self.keys[watch_id] = key
         if request.fragment:
             self.fragment.add(watch_id)
-        try:
-            shared, created = await self.api.mux.subscribe(
-                self, watch_id, key, request.start_revision, len(caller.prefix)
-            )
-        except Exception as e:
-            self._forget(watch_id)
-            self.push(
-                rpc_pb2.WatchResponse(
-                    watch_id=watch_id,
-                    created=True,
-                    canceled=True,
-                    cancel_reason=f"{LINEARIZABILITY_UNAVAILABLE}: {e}",
-                )
-            )
+        created = await self._subscribe(watch_id, request.start_revision, announce=True)
+        if created is None:
             return
-        if watch_id not in self.watches or self.done:
-            await self.api.mux.unsubscribe(shared, self, watch_id)
-            return
-        self.watches[watch_id] = shared
         response = rpc_pb2.WatchResponse()
         response.CopyFrom(created)
         response.watch_id = watch_id

@@ -28,6 +28,7 @@ from lattice.kv._upstream import (
     parse_endpoint,
 )
 from lattice.tls import PeerIdentity
+from tests.kv.test_api import SlowContext
 
 T = TypeVar("T")
 
@@ -337,20 +338,6 @@ class WatchMuxTests(UpstreamTestCase):
         self.run_coroutine(mux.unsubscribe(shared, second, 7))
         self.assertEqual(stream.sent[-1].cancel_request.watch_id, upstream_id)
         self.assertEqual(len(mux), 0)
-
-
-class SlowContext(Context):
-    """A client that takes each response only when the test fires its gate."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gate: list[Deferred[None]] = []
-
-    async def send(self, message: Any) -> None:
-        self.sent.append(message)
-        waiting: Deferred[None] = Deferred()
-        self.gate.append(waiting)
-        await waiting
 
 
 class SlowUpstreamWatchTests(UpstreamTestCase):
