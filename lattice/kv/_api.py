@@ -477,6 +477,13 @@ class WatchResponseQueue:
     The responses of one Watch call, sent in order by L{send_loop}; an empty
     response pushed after C{done} is set ends the call.  Shared by the
     embedded and the upstream (etcd cluster) Watch services.
+
+    It also bounds what a client that does not read costs: the event bytes
+    queued are counted until sent; once they reach C{SLOW_WATCH_BYTES} the
+    subclass stops queueing a watch's events (L{behind}, recording it in
+    C{suspended}: watch ID -> the first revision not queued) and L{resume}
+    catches those watches up once half of it was sent, as etcd's unsynced
+    watchers.
     """
 
     def __init__(self, context: CallContext) -> None:
@@ -484,12 +491,40 @@ class WatchResponseQueue:
         self.outgoing: deque[rpc_pb2.WatchResponse] = deque()
         self.wake: Deferred[None] | None = None
         self.done = False
+        self.queued_bytes = 0
+        self._sizes: dict[int, int] = {}
+        self.suspended: dict[int, int] = {}
 
-    def push(self, response: rpc_pb2.WatchResponse) -> None:
+    def push(self, response: rpc_pb2.WatchResponse, size: int = 0) -> None:
+        """Queue ``response``; ``size``: the event bytes it holds, counted until it is sent."""
+        if size:
+            # counted before it is queued: a waiting sender may send it at once
+            self.counted(response, size)
         self.outgoing.append(response)
         if self.wake is not None:
             wake, self.wake = self.wake, None
             wake.callback(None)
+
+    def counted(self, response: rpc_pb2.WatchResponse, size: int) -> None:
+        """``size`` more event bytes in the queued ``response`` (pushed, or merged into)."""
+        self.queued_bytes += size
+        self._sizes[id(response)] = self._sizes.get(id(response), 0) + size
+
+    @property
+    def behind(self) -> bool:
+        """The client does not read: the events queued reached ``SLOW_WATCH_BYTES``."""
+        return self.queued_bytes >= SLOW_WATCH_BYTES
+
+    def sent(self, response: rpc_pb2.WatchResponse) -> None:
+        """``response`` went to the client: resume the suspended watches once half is sent."""
+        self.queued_bytes -= self._sizes.pop(id(response), 0)
+        if self.suspended and self.queued_bytes <= SLOW_WATCH_BYTES // 2:
+            suspended, self.suspended = self.suspended, {}
+            self.resume(suspended)
+
+    def resume(self, suspended: dict[int, int]) -> None:
+        """Catch up ``suspended`` watches (watch ID -> the first revision they missed)."""
+        raise NotImplementedError
 
     @staticmethod
     def fragments(
@@ -521,9 +556,6 @@ class WatchResponseQueue:
             size += cost
         parts.append((part, size))
         return parts
-
-    def sent(self, response: rpc_pb2.WatchResponse) -> None:
-        """``response`` went to the client (the embedded stream resumes slow watchers)."""
 
     async def create(self, request: rpc_pb2.WatchCreateRequest) -> None:
         """Start one watch (or answer why not)."""
@@ -595,20 +627,15 @@ class _WatchStream(WatchResponseQueue):
         self._tail_bytes = 0
         self.quiet: set[int] = set()
         self.next_id = 0
-        # Event bytes queued and not sent yet (by queued response), and the watchers that
-        # stopped queueing because of it: watch ID -> the first revision not queued.
-        self.queued_bytes = 0
-        self._sizes: dict[int, int] = {}
-        self.suspended: dict[int, int] = {}
 
     def events(self, watcher: Watcher, events: list[Event]) -> None:
         watch_id = watcher.tag
         assert isinstance(watch_id, int)
         if watch_id in self.suspended:
             return
-        if self.queued_bytes >= SLOW_WATCH_BYTES:
+        if self.behind:
             # A client that does not read: stop queueing (as etcd's unsynced watchers),
-            # catch up from history later (sent()).
+            # catch up from history later (resume()).
             self.api.store.hub.cancel(watcher)
             self.suspended[watch_id] = events[0].kv.mod_revision
             return
@@ -631,7 +658,7 @@ class _WatchStream(WatchResponseQueue):
             ):
                 tail.MergeFromString(encoded)
                 self._tail_bytes += len(encoded)
-                self._count(tail, len(encoded))
+                self.counted(tail, len(encoded))
                 return
         response = rpc_pb2.WatchResponse.FromString(encoded)
         response.watch_id = watch_id
@@ -641,23 +668,11 @@ class _WatchStream(WatchResponseQueue):
             else [(response, len(encoded) + 12)]
         )
         for part, size in parts:
-            # counted before it is pushed: a waiting sender may send it at once
-            self._count(part, size)
             self._tail, self._tail_bytes = part, size
-            self.push(part)
+            self.push(part, size)
 
-    def _count(self, response: rpc_pb2.WatchResponse, size: int) -> None:
-        self.queued_bytes += size
-        self._sizes[id(response)] = self._sizes.get(id(response), 0) + size
-
-    def sent(self, response: rpc_pb2.WatchResponse) -> None:
-        self.queued_bytes -= self._sizes.pop(id(response), 0)
-        if self.suspended and self.queued_bytes <= SLOW_WATCH_BYTES // 2:
-            self._resume()
-
-    def _resume(self) -> None:
+    def resume(self, suspended: dict[int, int]) -> None:
         """Catch the suspended watchers up from history, then live, as from a start revision."""
-        suspended, self.suspended = self.suspended, {}
         hub = self.api.store.hub
         for watch_id, revision in sorted(suspended.items()):
             old = self.watchers.get(watch_id)
@@ -675,12 +690,7 @@ class _WatchStream(WatchResponseQueue):
             except WatchCompacted as e:
                 # compacted meanwhile: cancelled as etcd cancels such a watcher
                 del self.watchers[watch_id]
-                cancelled = rpc_pb2.WatchResponse(
-                    watch_id=watch_id, canceled=True, compact_revision=e.compact_revision
-                )
-                self.api.header(cancelled.header)
-                cancelled.header.ClearField("revision")
-                self.push(cancelled)
+                self._compacted(watch_id, e.compact_revision)
                 continue
             self.watchers[watch_id] = watcher
             if watch_id in self.suspended:
@@ -716,14 +726,7 @@ class _WatchStream(WatchResponseQueue):
         compact_revision = api.store.mvcc.compact_revision
         if 0 < request.start_revision < compact_revision:
             self.push(response)
-            # etcd's answer: no revision in the header, no reason (clients read
-            # compact_revision).
-            cancelled = rpc_pb2.WatchResponse(
-                watch_id=watch_id, canceled=True, compact_revision=compact_revision
-            )
-            cancelled.header.CopyFrom(response.header)
-            cancelled.header.ClearField("revision")
-            self.push(cancelled)
+            self._compacted(watch_id, compact_revision)
             return
         self.push(response)
         self.prev_kv[watch_id] = request.prev_kv
@@ -741,16 +744,24 @@ class _WatchStream(WatchResponseQueue):
                 tag=watch_id,
             )
         except WatchCompacted as e:  # pragma: no cover - checked above
-            self.push(
-                rpc_pb2.WatchResponse(
-                    watch_id=watch_id, canceled=True, compact_revision=e.compact_revision
-                )
-            )
+            self._compacted(watch_id, e.compact_revision)
             return
         self.watchers[watch_id] = watcher
         if watch_id in self.suspended:
             # its history filled the queue: the rest comes once the client has read
             api.store.hub.cancel(watcher)
+
+    def _compacted(self, watch_id: int, compact_revision: int) -> None:
+        """
+        Cancel a watch whose start is compacted, as etcd answers it: no revision in the
+        header, no reason (clients read ``compact_revision``).
+        """
+        cancelled = rpc_pb2.WatchResponse(
+            watch_id=watch_id, canceled=True, compact_revision=compact_revision
+        )
+        self.api.header(cancelled.header)
+        cancelled.header.ClearField("revision")
+        self.push(cancelled)
 
     async def cancel(self, watch_id: int) -> None:
         watcher = self.watchers.pop(watch_id, None)

@@ -38,7 +38,6 @@ from lattice.grpc import (
 )
 from lattice.kv._api import (
     DUPLICATE_WATCH_ID,
-    SLOW_WATCH_BYTES,
     CallContext,
     Caller,
     EtcdApi,
@@ -782,20 +781,15 @@ class _UpstreamWatchStream(WatchResponseQueue):
         # responses are split here, for the clients that asked).
         self.fragment: set[int] = set()
         self.next_id = 0
-        # Each client watch's upstream key, for catching a slow one up; the event bytes
-        # queued and not sent (by response); the watches that stopped queueing (watch ID
-        # -> the first revision not queued), as the embedded stream does.
+        # Each client watch's upstream key, to catch a slow one up.
         self.keys: dict[int, WatchKey] = {}
-        self.queued_bytes = 0
-        self._sizes: dict[int, int] = {}
-        self.suspended: dict[int, int] = {}
 
     def deliver(self, watch_id: int, response: rpc_pb2.WatchResponse) -> None:
         if watch_id not in self.watches or watch_id in self.suspended:
             return
         if response.canceled:
             self._forget(watch_id)
-        elif response.events and self.queued_bytes >= SLOW_WATCH_BYTES:
+        elif response.events and self.behind:
             # a client that does not read: leave the shared upstream watch, and catch up
             # from this revision on an upstream watch of its own once it has read
             self.suspended[watch_id] = response.events[0].kv.mod_revision
@@ -808,17 +802,10 @@ class _UpstreamWatchStream(WatchResponseQueue):
         else:
             parts = [(response, size)]
         for part, part_size in parts:
-            if part.events:
-                # counted before it is pushed: a waiting sender may send it at once
-                self.queued_bytes += part_size
-                self._sizes[id(part)] = part_size
-            self.push(part)
+            self.push(part, part_size if part.events else 0)
 
-    def sent(self, response: rpc_pb2.WatchResponse) -> None:
-        self.queued_bytes -= self._sizes.pop(id(response), 0)
-        if self.suspended and self.queued_bytes <= SLOW_WATCH_BYTES // 2:
-            suspended, self.suspended = self.suspended, {}
-            _spawn(self._resume(suspended))
+    def resume(self, suspended: dict[int, int]) -> None:
+        _spawn(self._resume(suspended))
 
     async def _resume(self, suspended: dict[int, int]) -> None:
         """Re-subscribe caught-up watches from the first revision they did not get."""

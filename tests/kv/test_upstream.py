@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from lattice.grpc import GrpcError, Metadata, StatusCode
-from lattice.kv import _upstream
+from lattice.kv import _api
 from lattice.kv._api import Limits
 from lattice.kv._metrics import KVMetrics
 from lattice.kv._proto import rpc_pb2 as pb
@@ -349,7 +349,7 @@ class SlowUpstreamWatchTests(UpstreamTestCase):
         watch; once the client read, it re-subscribes from the first revision it missed,
         so it gets every event once, in order.
         """
-        self.patch(_upstream, "SLOW_WATCH_BYTES", 3000)
+        self.patch(_api, "SLOW_WATCH_BYTES", 3000)
         api = make_api(Cluster(a=None))
         upstream = FakeWatchStream()
         api.mux._call = upstream  # type: ignore[assignment]
