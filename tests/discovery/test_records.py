@@ -13,6 +13,7 @@ from lattice.discovery._records import (
     CACHED_DATA_MAX,
     KEY_GRACE_MS,
     PeerTable,
+    _decoded_key,
     _verify_cached,
     make_peer_record,
     make_revocation,
@@ -316,6 +317,10 @@ class KeyHistoryTests(SynchronousTestCase):
         self.assertEqual(
             self.table.offer(rotated_record(self.keys, [history[0]] * 17), NOW).status, "invalid"
         )
+        # what cannot be a key is not remembered by the decoded-key cache
+        before = _decoded_key.cache_info().currsize
+        self.assertRefused([dict(history[0], old_public_key="A" * 4000), history[1]])
+        self.assertEqual(_decoded_key.cache_info().currsize, before)
 
 
 class VerificationCacheTests(SynchronousTestCase):
