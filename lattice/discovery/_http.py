@@ -21,7 +21,6 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
-from lattice._web import limited_site
 from lattice.discovery._auth import AuthError, NonceCache, verify_request
 from lattice.discovery._limits import RateLimiter
 from lattice.discovery._netpolicy import ForwardedPolicy
@@ -29,7 +28,7 @@ from lattice.discovery._node import ApiError, DiscoveryNode
 from lattice.discovery._openapi import openapi_document
 from lattice.discovery._records import verify_signature
 
-__all__ = ["AdminApp", "PrefixedResource", "PublicApp", "limited_site"]
+__all__ = ["AdminApp", "PrefixedResource", "PublicApp"]
 
 JSON = b"application/json"
 

@@ -23,9 +23,10 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
+from lattice._web import limited_site
 from lattice.config import DiscoveryConfig, NodeConfig
 from lattice.discovery._client import HTTPTransport, HTTPWebhook, thread_resolver
-from lattice.discovery._http import AdminApp, PrefixedResource, PublicApp, limited_site
+from lattice.discovery._http import AdminApp, PrefixedResource, PublicApp
 from lattice.discovery._netpolicy import ForwardedPolicy
 from lattice.discovery._node import DiscoveryNode, Settings, Webhook, parse_bootstrap
 from lattice.discovery._rotation import KeyRotator

@@ -19,11 +19,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
+from lattice._web import limited_site
 from lattice.admin import AdminSurface
 from lattice.discovery._auth import sign_request
 from lattice.discovery._canonical import signature_of, signing_bytes
 from lattice.discovery._client import HTTPTransport
-from lattice.discovery._http import AdminApp, PrefixedResource, PublicApp, limited_site
+from lattice.discovery._http import AdminApp, PrefixedResource, PublicApp
 from lattice.discovery._netpolicy import ForwardedPolicy
 from lattice.discovery._node import DiscoveryNode, TransportError
 from lattice.discovery._openapi import openapi_document
