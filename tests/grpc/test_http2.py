@@ -107,6 +107,18 @@ def parse(data: bytes) -> list[Frame]:
     return frames
 
 
+def unary_call() -> tuple[GrpcClientProtocol, StringTransport, Deferred[EchoResponse]]:
+    """A client protocol on a C{StringTransport} with one UnaryEcho call started."""
+    client = GrpcClientProtocol(Clock(), GrpcClientOptions())
+    transport = StringTransport()
+    client.makeConnection(transport)
+    channel = GrpcChannel(client, "localhost")
+    call = Deferred.fromCoroutine(
+        channel.unary_unary(ECHO + "UnaryEcho", EchoRequest(message="x"), EchoResponse)
+    )
+    return client, transport, call
+
+
 class Client:
     """The client half of a test: a reference HPACK encoder and hand-made frames."""
 
@@ -934,13 +946,7 @@ class ProtocolIntegrationTests(SynchronousTestCase):
 
     def test_client_protocol_error_goaway(self) -> None:
         """The client answers a server's protocol violation with GOAWAY and fails its calls."""
-        client = GrpcClientProtocol(Clock(), GrpcClientOptions())
-        transport = StringTransport()
-        client.makeConnection(transport)
-        channel = GrpcChannel(client, "localhost")
-        d = Deferred.fromCoroutine(
-            channel.unary_unary(ECHO + "UnaryEcho", EchoRequest(message="x"), EchoResponse)
-        )
+        client, transport, d = unary_call()
         sent = transport.value()
         self.assertTrue(sent.startswith(PREFACE))
         headers = [f for f in parse(sent[len(PREFACE) :]) if isinstance(f, HeadersFrame)]
@@ -956,12 +962,7 @@ class ProtocolIntegrationTests(SynchronousTestCase):
 
     def test_client_unknown_reset_code(self) -> None:
         """A RST_STREAM with an error code HTTP/2 does not define fails the call as INTERNAL."""
-        client = GrpcClientProtocol(Clock(), GrpcClientOptions())
-        client.makeConnection(StringTransport())
-        channel = GrpcChannel(client, "localhost")
-        d = Deferred.fromCoroutine(
-            channel.unary_unary(ECHO + "UnaryEcho", EchoRequest(message="x"), EchoResponse)
-        )
+        client, _, d = unary_call()
         client.dataReceived(raw(4, 0, 0) + raw(3, 0, 1, b"\x00\x00\x99\x99"))
         self.assertEqual(self.failureResultOf(d, GrpcError).value.code, 13)
 
@@ -990,13 +991,7 @@ class ProtocolIntegrationTests(SynchronousTestCase):
     )
     def test_client_arbitrary_frames(self, frames: list[bytes]) -> None:
         """Whatever a server sends, the client protocol never raises and its call ends."""
-        client = GrpcClientProtocol(Clock(), GrpcClientOptions())
-        transport = StringTransport()
-        client.makeConnection(transport)
-        channel = GrpcChannel(client, "localhost")
-        d = Deferred.fromCoroutine(
-            channel.unary_unary(ECHO + "UnaryEcho", EchoRequest(message="x"), EchoResponse)
-        )
+        client, _, d = unary_call()
         client.dataReceived(raw(4, 0, 0) + b"".join(frames))
         client.connectionLost()
         self.assertTrue(d.called)
