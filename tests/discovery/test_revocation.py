@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.trial.unittest import SynchronousTestCase
 
 from lattice import cli
 from lattice.discovery._auth import sign_request
@@ -22,32 +20,25 @@ from lattice.discovery._netpolicy import ForwardedPolicy
 from lattice.discovery._node import DiscoveryNode
 from lattice.discovery._rotation import KeyRotator
 from lattice.discovery.testing import synchronous_runner
-from lattice.identity import NodeIdentity, create_identity_file, load_identity
-from tests.discovery._helpers import Cluster, run
+from lattice.identity import NodeIdentity, load_identity
+from tests.discovery._helpers import run
 from tests.discovery.test_http import stub_treq
-from tests.discovery.test_rotation import Holder
+from tests.discovery.test_rotation import RotatingNodeCase
 from tests.test_cli import _CLITestCase
 
 ROTATE = "/api/v1/identity/rotate"
 REVOKE = "/api/v1/identity/revoke"
 
 
-class RevokeRouteTests(SynchronousTestCase):
+class RevokeRouteTests(RotatingNodeCase):
     """
     C{POST /api/v1/identity/revoke} on the admin routes of s2, in a cluster of
     three cores on the in-memory network.
     """
 
     def setUp(self) -> None:
-        self.key_path = Path(self.mktemp()).absolute() / "private_key.pem"
-        self.identity = create_identity_file(self.key_path)
-        self.cluster = Cluster(2)
-        self.node = self.cluster.add("s2", identity=self.identity)
-        self.cluster.rounds(self, 3)
-        self.assertTrue(self.cluster.converged())
-        self.rotator = KeyRotator(
-            Holder(self.identity), self.node, self.key_path, synchronous_runner
-        )
+        super().setUp()
+        self.rotator = KeyRotator(self.holder, self.node, self.key_path, synchronous_runner)
         self.stub = stub_treq(
             AdminApp(
                 self.node, {}, rotate=self.rotator.rotate, revoke=self.rotator.revoke

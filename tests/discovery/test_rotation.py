@@ -65,10 +65,10 @@ class Holder:
         self.swapped.append(identity)
 
 
-class RotateRouteTests(SynchronousTestCase):
+class RotatingNodeCase(SynchronousTestCase):
     """
-    C{POST /api/v1/identity/rotate} on the admin routes, over a cluster of
-    cores on the in-memory network.
+    s2, whose key is in a key file, converged with two other cores on the
+    in-memory network.
     """
 
     def setUp(self) -> None:
@@ -79,6 +79,13 @@ class RotateRouteTests(SynchronousTestCase):
         self.cluster.rounds(self, 3)
         self.assertTrue(self.cluster.converged())
         self.holder = Holder(self.identity)
+
+
+class RotateRouteTests(RotatingNodeCase):
+    """
+    C{POST /api/v1/identity/rotate} on the admin routes, over a cluster of
+    cores on the in-memory network.
+    """
 
     def admin(self, holder: Any = None, run: Any = synchronous_runner) -> Any:
         rotator = KeyRotator(holder or self.holder, self.node, self.key_path, run)
