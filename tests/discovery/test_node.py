@@ -4,10 +4,12 @@ Tests for L{lattice.discovery.DiscoveryNode} on an in-memory network.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from lattice.discovery._node import ApiError
+from lattice.discovery._node import ApiError, DiscoveryNode
 from lattice.discovery._records import make_peer_record, make_rotation
 from lattice.identity import NodeIdentity
 from tests.discovery._helpers import Cluster, memory_store, run
@@ -26,6 +28,19 @@ def send(
         ),
     )
     return str(answer["message_id"])
+
+
+def join_and_resolve(
+    test: SynchronousTestCase, cluster: Cluster
+) -> tuple[DiscoveryNode, dict[str, Any]]:
+    """
+    s3 joins knowing only s0 (bootstrapped, not gossiped yet; s0 knows s2) and resolves
+    s2 through its neighbors: s3 and the route.
+    """
+    newcomer = cluster.add("s3")
+    run(test, newcomer.bootstrap())
+    test.assertNotIn(cluster.nodes[2].server_uuid, newcomer.table.records)
+    return newcomer, run(test, newcomer.resolve("s2"))
 
 
 class GossipTests(SynchronousTestCase):
@@ -117,11 +132,7 @@ class ResolutionTests(SynchronousTestCase):
         """
         cluster = Cluster(3)
         cluster.rounds(self, 2)
-        # s3 knows only s0 (not gossiped yet), s0 knows s2
-        newcomer = cluster.add("s3")
-        run(self, newcomer.bootstrap())
-        self.assertNotIn(cluster.nodes[2].server_uuid, newcomer.table.records)
-        route = run(self, newcomer.resolve("s2"))
+        newcomer, route = join_and_resolve(self, cluster)
         self.assertEqual(
             (route["found"], route["server_uuid"], route["endpoint_url"], route["from_cache"]),
             (True, cluster.nodes[2].server_uuid, "http://s2.test", False),
@@ -441,10 +452,7 @@ class RotatedServerTests(SynchronousTestCase):
         cluster.rounds(self, 2)
         self.rotate(cluster, 2)
         cluster.rounds(self, 2)
-        newcomer = cluster.add("s3")
-        run(self, newcomer.bootstrap())
-        self.assertNotIn(cluster.nodes[2].server_uuid, newcomer.table.records)
-        route = run(self, newcomer.resolve("s2"))
+        _, route = join_and_resolve(self, cluster)
         self.assertEqual(
             (route["found"], route["server_uuid"]), (True, cluster.nodes[2].server_uuid)
         )
