@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
@@ -141,6 +142,26 @@ class ScriptedSocket:
         """Closing needs nothing."""
 
 
+def scripted_tcp_server(
+    protocol: Any,
+) -> tuple[tcp.Server, ScriptedSocket, MemoryReactorClock]:
+    """
+    A real Twisted C{tcp.Server} for C{protocol} over a L{ScriptedSocket} (not connected
+    yet: the caller calls C{makeConnection}), with its socket and reactor.
+    """
+    sock = ScriptedSocket()
+    reactor = MemoryReactorClock()
+    transport = tcp.Server(
+        sock,  # type: ignore[arg-type]
+        protocol,
+        ("127.0.0.1", 40000),
+        None,  # type: ignore[arg-type]
+        1,
+        reactor,
+    )
+    return transport, sock, reactor
+
+
 class Harness:
     """A server factory over emulated devices, with StringTransport clients."""
 
@@ -189,16 +210,7 @@ class Harness:
         """
         protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
         assert isinstance(protocol, UsbipProtocol)
-        sock = ScriptedSocket()
-        reactor = MemoryReactorClock()
-        transport = tcp.Server(
-            sock,  # type: ignore[arg-type]
-            protocol,
-            ("127.0.0.1", 40000),
-            None,  # type: ignore[arg-type]
-            1,
-            reactor,
-        )
+        transport, sock, reactor = scripted_tcp_server(protocol)
         if tls:
             directlyProvides(transport, ISSLTransport)
         protocol.makeConnection(transport)

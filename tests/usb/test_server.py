@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from twisted.internet import main, tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols.policies import WrappingFactory
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -27,6 +26,7 @@ from ._helpers import (
     op_devlist,
     op_import,
     parse_replies,
+    scripted_tcp_server,
     setup_packet,
 )
 
@@ -537,15 +537,7 @@ class WriteThroughTests(SynchronousTestCase):
         wrapper_factory = WrappingFactory(harness.factory)
         wrapper = wrapper_factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
         assert wrapper is not None
-        sock = ScriptedSocket()
-        transport = tcp.Server(
-            sock,  # type: ignore[arg-type]
-            wrapper,
-            ("127.0.0.1", 40000),
-            None,  # type: ignore[arg-type]
-            1,
-            MemoryReactorClock(),
-        )
+        transport, sock, _ = scripted_tcp_server(wrapper)
         wrapper.makeConnection(transport)
         wrapper.dataReceived(op_import("1-1"))
         transport.doWrite()
